@@ -1,0 +1,213 @@
+//! PID 1 duties: the filesystems every process expects, and an orderly power
+//! off (sync, unmount, reboot(2)).
+
+use std::{fs, os::unix::fs::symlink, path::Path};
+
+use log::{debug, warn};
+use nix::{
+    mount::{mount, umount2, MntFlags, MsFlags},
+    sys::reboot::{reboot, set_cad_enabled, RebootMode},
+    unistd::sync,
+};
+
+/// Failure to prepare the guest; the agent reports it and powers off.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("mounting {fstype} on {target}: {source}")]
+    Mount {
+        fstype: &'static str,
+        target: &'static str,
+        source: nix::Error,
+    },
+    #[error("creating {path}: {source}")]
+    CreateDir {
+        path: &'static str,
+        source: std::io::Error,
+    },
+}
+
+struct Mount {
+    fstype: &'static str,
+    target: &'static str,
+    flags: MsFlags,
+    data: &'static str,
+}
+
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// In mount order: a target's parent is mounted before it.
+const MOUNTS: &[Mount] = &[
+    Mount {
+        fstype: "proc",
+        target: "/proc",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "",
+    },
+    Mount {
+        fstype: "sysfs",
+        target: "/sys",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "",
+    },
+    Mount {
+        fstype: "devtmpfs",
+        target: "/dev",
+        flags: MsFlags::MS_NOSUID,
+        data: "mode=0755",
+    },
+    Mount {
+        fstype: "devpts",
+        target: "/dev/pts",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        data: "newinstance,ptmxmode=0666,mode=0620,gid=5",
+    },
+    Mount {
+        fstype: "tmpfs",
+        target: "/dev/shm",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: "mode=1777",
+    },
+    Mount {
+        fstype: "cgroup2",
+        target: "/sys/fs/cgroup",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "nsdelegate",
+    },
+    Mount {
+        fstype: "tmpfs",
+        target: "/tmp",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: "mode=1777",
+    },
+    Mount {
+        fstype: "tmpfs",
+        target: "/run",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: "mode=0755",
+    },
+];
+
+/// Mounts the basic filesystems and lets the kernel turn Ctrl-Alt-Del into
+/// SIGINT for us instead of an immediate reboot.
+pub fn setup() -> Result<(), InitError> {
+    for m in MOUNTS {
+        fs::create_dir_all(m.target).map_err(|source| InitError::CreateDir {
+            path: m.target,
+            source,
+        })?;
+        mount(
+            Some(m.fstype),
+            m.target,
+            Some(m.fstype),
+            m.flags,
+            Some(m.data),
+        )
+        .map_err(|source| InitError::Mount {
+            fstype: m.fstype,
+            target: m.target,
+            source,
+        })?;
+        debug!("mounted {} on {}", m.fstype, m.target);
+    }
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        if !Path::new(link).exists() {
+            let _ = symlink(target, link);
+        }
+    }
+    if let Err(e) = set_cad_enabled(false) {
+        warn!("cannot disable Ctrl-Alt-Del reboot: {e}");
+    }
+    Ok(())
+}
+
+/// Flushes and unmounts everything, then resets the machine. The VMM treats a
+/// guest reset as the end of the VM (QEMU `-no-reboot`, the built-in VMM's
+/// i8042 reset), and unlike a power-off it needs no ACPI.
+pub fn power_off() -> ! {
+    sync();
+    unmount_all();
+    sync();
+    let err = reboot(RebootMode::RB_AUTOBOOT).unwrap_err();
+    // Only reachable without CAP_SYS_BOOT; nothing better to do than die,
+    // which as PID 1 panics the kernel (panic=-1 resets it too).
+    eprintln!("firedoor-agent: reboot(2) failed: {err}");
+    std::process::exit(1);
+}
+
+/// Unmounts in reverse mount order; lazily, so a busy filesystem cannot stop
+/// the power-off.
+fn unmount_all() {
+    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut targets: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|target| *target != "/")
+        .map(unescape_mount_path)
+        .collect();
+    targets.reverse();
+    for target in targets {
+        if let Err(e) = umount2(target.as_str(), MntFlags::MNT_DETACH) {
+            debug!("unmount {target}: {e}");
+        }
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount_path(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_mountinfo_paths() {
+        assert_eq!(unescape_mount_path("/run/a\\040b"), "/run/a b");
+        assert_eq!(unescape_mount_path("/x\\134y"), "/x\\y");
+        assert_eq!(unescape_mount_path("/plain"), "/plain");
+        assert_eq!(unescape_mount_path("/trailing\\04"), "/trailing\\04");
+    }
+
+    #[test]
+    fn mounts_parents_first() {
+        // A mount listed later must not hide one listed earlier.
+        for (i, earlier) in MOUNTS.iter().enumerate() {
+            for later in &MOUNTS[i + 1..] {
+                assert!(
+                    !Path::new(earlier.target).starts_with(later.target),
+                    "{} is mounted after {}, hiding it",
+                    later.target,
+                    earlier.target
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,217 @@
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use crate::{process::ManagedChild, Error, Result};
+
+/// The hypervisor backends Firedoor can boot a guest with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// QEMU `microvm` (KVM where it can boot Linux, TCG elsewhere).
+    Qemu,
+    /// Firedoor's own VMM (`firedoor-vmm`), hardware KVM only.
+    Builtin,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Qemu => "qemu",
+            BackendKind::Builtin => "builtin",
+        })
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "qemu" => Ok(BackendKind::Qemu),
+            "builtin" => Ok(BackendKind::Builtin),
+            _ => Err(format!("unknown backend {s:?} (use qemu or builtin)")),
+        }
+    }
+}
+
+/// What to boot and with how much.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Uncompressed `vmlinux` with a PVH note.
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Kernel parameters appended after the backend's own.
+    pub kernel_params: Vec<String>,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// vsock port the guest agent listens on.
+    pub agent_port: u32,
+    /// From launch to the agent accepting a connection.
+    pub boot_timeout: Duration,
+    /// Parent directory of the VM's run directory (sockets, logs).
+    pub run_base: PathBuf,
+}
+
+impl VmSpec {
+    /// A 1-vCPU, 256 MiB guest with the default agent port and a 30 s boot
+    /// timeout (software emulation on a loaded machine is slow).
+    pub fn new(kernel: impl Into<PathBuf>, initrd: impl Into<PathBuf>) -> Self {
+        VmSpec {
+            kernel: kernel.into(),
+            initrd: initrd.into(),
+            kernel_params: Vec::new(),
+            vcpus: 1,
+            memory_mib: 256,
+            agent_port: 1024,
+            boot_timeout: Duration::from_secs(30),
+            run_base: std::env::temp_dir(),
+        }
+    }
+
+    /// Checks what can be checked before anything is started.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !self.kernel.is_file() {
+            return Err(Error::KernelMissing(self.kernel.clone()));
+        }
+        if !self.initrd.is_file() {
+            return Err(Error::InitrdMissing(self.initrd.clone()));
+        }
+        if !(1..=64).contains(&self.vcpus) {
+            return Err(Error::InvalidSpec(format!("vcpus = {} (1-64)", self.vcpus)));
+        }
+        if !(64..=1024 * 1024).contains(&self.memory_mib) {
+            return Err(Error::InvalidSpec(format!(
+                "memory_mib = {} (64 MiB to 1 TiB)",
+                self.memory_mib
+            )));
+        }
+        if self.agent_port == 0 || self.agent_port == u32::MAX {
+            return Err(Error::InvalidSpec(format!(
+                "agent port {}",
+                self.agent_port
+            )));
+        }
+        if let Some(bad) = self
+            .kernel_params
+            .iter()
+            .find(|p| p.is_empty() || p.contains(char::is_whitespace))
+        {
+            return Err(Error::InvalidSpec(format!(
+                "kernel parameter {bad:?} is empty or has spaces"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The private directory of one VM: its sockets and logs. Removed with
+/// everything in it when dropped.
+pub struct RunDir {
+    dir: tempfile::TempDir,
+}
+
+impl RunDir {
+    pub(crate) fn create(base: &Path) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("firedoor-vm-")
+            .tempdir_in(base)
+            .map_err(|source| Error::RunDir {
+                dir: base.to_owned(),
+                source,
+            })?;
+        Ok(RunDir { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The hybrid-vsock socket: the host connects here and sends `CONNECT`.
+    pub fn vsock_uds(&self) -> PathBuf {
+        self.dir.path().join("vsock.sock")
+    }
+
+    /// The guest's serial console.
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.path().join("console.log")
+    }
+
+    /// A file for a helper's own output (stderr).
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+}
+
+/// The processes a backend started for one VM.
+pub struct Launch {
+    /// The process that runs the guest; its exit is the VM's exit.
+    pub vmm: ManagedChild,
+    /// Device backends (vhost-user daemons), stopped after the VMM.
+    pub helpers: Vec<ManagedChild>,
+}
+
+/// A way to run a microVM. Every backend exposes the same hybrid-vsock Unix
+/// socket (`RunDir::vsock_uds`) and console log, so [`crate::MicroVm`] drives
+/// them all alike.
+pub trait Backend: Send + Sync {
+    fn kind(&self) -> BackendKind;
+    /// How guest code runs, e.g. `kvm` or `tcg`.
+    fn accelerator(&self) -> &'static str;
+    /// Starts the VM's processes. On error, whatever was started is stopped
+    /// (dropping a `ManagedChild` kills it).
+    fn launch(&self, spec: &VmSpec, run_dir: &RunDir) -> Result<Launch>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_round_trip() {
+        for kind in [BackendKind::Qemu, BackendKind::Builtin] {
+            assert_eq!(kind.to_string().parse::<BackendKind>().unwrap(), kind);
+        }
+        assert!("firecracker".parse::<BackendKind>().is_err());
+    }
+
+    #[test]
+    fn validate_names_the_missing_kernel() {
+        let spec = VmSpec::new("/nonexistent/vmlinux", "/nonexistent/initramfs.img");
+        let err = spec.validate().unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/vmlinux"), "{err}");
+        assert!(err.contains("scripts/build-guest"), "{err}");
+    }
+
+    #[test]
+    fn validate_rejects_bad_sizes_and_params() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let ok = VmSpec::new(file.path(), file.path());
+        ok.validate().unwrap();
+        let bad = [
+            VmSpec {
+                vcpus: 0,
+                ..ok.clone()
+            },
+            VmSpec {
+                memory_mib: 16,
+                ..ok.clone()
+            },
+            VmSpec {
+                agent_port: 0,
+                ..ok.clone()
+            },
+            VmSpec {
+                kernel_params: vec!["a b".into()],
+                ..ok.clone()
+            },
+        ];
+        for spec in bad {
+            assert!(
+                matches!(spec.validate(), Err(Error::InvalidSpec(_))),
+                "{spec:?}"
+            );
+        }
+    }
+}

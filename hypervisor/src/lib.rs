@@ -1,0 +1,20 @@
+//! Starts and stops Firedoor microVMs and connects to their guest.
+//!
+//! A [`Backend`] knows how to launch the processes that make up one VM (QEMU
+//! plus vhost-device-vsock, or the built-in `firedoor-vmm`); [`MicroVm`] owns
+//! those processes and the VM's run directory, waits for the guest agent over
+//! hybrid vsock, and tears everything down on every path, including drop.
+//! Nothing here knows about containers or the agent's API.
+
+mod backend;
+mod error;
+pub mod host;
+mod process;
+pub mod qemu;
+mod vm;
+pub mod vsock;
+
+pub use backend::{Backend, BackendKind, Launch, RunDir, VmSpec};
+pub use error::{Error, Result};
+pub use qemu::QemuBackend;
+pub use vm::MicroVm;

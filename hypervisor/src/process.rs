@@ -1,0 +1,250 @@
+//! Child processes of a VM (the VMM, vhost-user daemons), supervised by PID:
+//! never looked up by name, always reaped, killed if still running on drop.
+
+use std::{
+    fs::File,
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::process::CommandExt,
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use log::{debug, warn};
+use nix::{
+    poll::{poll, PollFd, PollFlags, PollTimeout},
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+
+use crate::{Error, Result};
+
+/// A running child process that is ours to stop.
+pub struct ManagedChild {
+    name: String,
+    child: Child,
+    /// Readable once the child has exited; lets us wait with a timeout
+    /// without polling in a loop.
+    pidfd: OwnedFd,
+    exited: Option<ExitStatus>,
+    log: Option<PathBuf>,
+}
+
+impl ManagedChild {
+    /// Spawns `cmd` with stdin from /dev/null and stdout+stderr to `log`
+    /// (or inherited when `None`), in its own process group (so a terminal's
+    /// Ctrl-C reaches us, not it) and set to die with the spawning thread.
+    pub fn spawn(name: &str, cmd: &mut Command, log: Option<&Path>) -> Result<Self> {
+        let spawn_err = |source| Error::Spawn {
+            name: name.into(),
+            source,
+        };
+        cmd.stdin(Stdio::null()).process_group(0);
+        if let Some(log) = log {
+            let file = File::create(log).map_err(spawn_err)?;
+            cmd.stdout(file.try_clone().map_err(spawn_err)?)
+                .stderr(file);
+        }
+        // SAFETY: the closure runs between fork and exec and only calls
+        // prctl(2), which is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        let pidfd = match pidfd_open(child.id()) {
+            Ok(fd) => fd,
+            Err(source) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(spawn_err(source));
+            }
+        };
+        debug!("started {name} (pid {})", child.id());
+        Ok(ManagedChild {
+            name: name.into(),
+            child,
+            pidfd,
+            exited: None,
+            log: log.map(Path::to_owned),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status, if the child has exited (reaping it).
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait()?;
+        }
+        Ok(self.exited)
+    }
+
+    /// Waits up to `timeout` for the child to exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(Some(status));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let ms = PollTimeout::try_from(left.as_millis().clamp(1, i32::MAX as u128) as i32)
+                .unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(
+                std::os::fd::AsFd::as_fd(&self.pidfd),
+                PollFlags::POLLIN,
+            )];
+            match poll(&mut fds, ms) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; always reaps.
+    pub fn terminate(&mut self, grace: Duration) -> io::Result<ExitStatus> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(status);
+        }
+        self.signal(Signal::SIGTERM);
+        if let Some(status) = self.wait_timeout(grace)? {
+            return Ok(status);
+        }
+        warn!(
+            "{} (pid {}) ignored SIGTERM for {grace:?}; killing it",
+            self.name,
+            self.pid()
+        );
+        self.kill()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) -> io::Result<ExitStatus> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(status);
+        }
+        self.signal(Signal::SIGKILL);
+        let status = self.child.wait()?;
+        self.exited = Some(status);
+        Ok(status)
+    }
+
+    fn signal(&self, signal: Signal) {
+        // The child is not reaped yet (exited is None), so the PID cannot
+        // have been reused.
+        if let Err(e) = kill(Pid::from_raw(self.pid() as i32), signal) {
+            debug!("{signal} to {} (pid {}): {e}", self.name, self.pid());
+        }
+    }
+
+    /// The last `lines` lines of the child's log, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.log
+            .as_deref()
+            .map(|path| tail_lines(path, lines))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ManagedChild {
+    fn drop(&mut self) {
+        if let Err(e) = self.kill() {
+            warn!("stopping {} (pid {}): {e}", self.name, self.pid());
+        }
+    }
+}
+
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1; it reads or writes no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    debug_assert!(fd.as_raw_fd() >= 0);
+    Ok(fd)
+}
+
+/// The last `lines` lines of a text file (at most 64 KiB are read).
+pub(crate) fn tail_lines(path: &Path, lines: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    const MAX: u64 = 64 * 1024;
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(MAX)));
+    let mut buf = Vec::new();
+    let _ = file.take(MAX).read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_with_timeout_and_kills() {
+        let mut child =
+            ManagedChild::spawn("sleep", Command::new("sleep").arg("30"), None).unwrap();
+        assert_eq!(child.wait_timeout(Duration::from_millis(50)).unwrap(), None);
+        let status = child.terminate(Duration::from_secs(5)).unwrap();
+        assert!(!status.success());
+        // Reaped: the PID is gone.
+        assert!(kill(Pid::from_raw(child.pid() as i32), None).is_err());
+    }
+
+    #[test]
+    fn reports_exit_status_and_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        let mut child = ManagedChild::spawn(
+            "sh",
+            Command::new("sh").args(["-c", "echo one; echo two; echo three >&2; exit 3"]),
+            Some(&log),
+        )
+        .unwrap();
+        let status = child
+            .wait_timeout(Duration::from_secs(10))
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(child.log_tail(2), "two\nthree");
+    }
+
+    #[test]
+    fn drop_kills_and_reaps() {
+        let child = ManagedChild::spawn("sleep", Command::new("sleep").arg("30"), None).unwrap();
+        let pid = Pid::from_raw(child.pid() as i32);
+        drop(child);
+        assert!(kill(pid, None).is_err(), "child still exists after drop");
+    }
+
+    #[test]
+    fn missing_program_is_a_spawn_error() {
+        let err = ManagedChild::spawn("nope", &mut Command::new("/nonexistent/prog"), None)
+            .err()
+            .unwrap();
+        assert!(err.to_string().starts_with("starting nope:"), "{err}");
+    }
+}

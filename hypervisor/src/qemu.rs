@@ -1,0 +1,266 @@
+//! The qemu backend: QEMU's `microvm` machine with a vhost-user vsock device
+//! served by `vhost-device-vsock`, which exposes the same hybrid-vsock Unix
+//! socket as the built-in VMM. KVM where it can boot Linux, TCG elsewhere.
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    backend::{Backend, BackendKind, Launch, RunDir, VmSpec},
+    host::{self, KvmKind},
+    process::ManagedChild,
+    Error, Result,
+};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+pub const VHOST_VSOCK: &str = "vhost-device-vsock";
+
+/// How QEMU runs guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    /// Software emulation: slow, but boots anywhere.
+    Tcg,
+}
+
+impl Accel {
+    /// KVM when it can boot a stock kernel here, TCG otherwise.
+    pub fn best_for(kvm: &KvmKind) -> Accel {
+        if kvm.boots_linux() {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// Guest CID on the VM's private vsock device (each VM has its own
+/// vhost-device-vsock, so the CID need not be unique on the host).
+const GUEST_CID: u32 = 3;
+
+/// How long vhost-device-vsock may take to create its socket.
+const HELPER_START_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct QemuBackend {
+    pub qemu: PathBuf,
+    pub vhost_vsock: PathBuf,
+    pub accel: Accel,
+}
+
+impl QemuBackend {
+    /// Finds QEMU and vhost-device-vsock and picks the accelerator for this
+    /// host.
+    pub fn detect() -> Result<Self> {
+        let qemu = host::find_program(QEMU).ok_or(Error::HelperMissing {
+            name: QEMU,
+            hint: "install it with: apt-get install qemu-system-x86",
+        })?;
+        let vhost_vsock = host::find_program(VHOST_VSOCK).ok_or(Error::HelperMissing {
+            name: VHOST_VSOCK,
+            hint: "install it with: cargo install --locked vhost-device-vsock@0.3.0",
+        })?;
+        Ok(QemuBackend {
+            qemu,
+            vhost_vsock,
+            accel: Accel::best_for(&host::probe_kvm()),
+        })
+    }
+
+    /// The QEMU command line for `spec`, with sockets and logs in `run_dir`.
+    pub fn qemu_args(
+        &self,
+        spec: &VmSpec,
+        run_dir: &RunDir,
+        vhost_socket: &std::path::Path,
+    ) -> Vec<String> {
+        let mib = spec.memory_mib;
+        let cpu = match self.accel {
+            Accel::Kvm => "host",
+            Accel::Tcg => "max",
+        };
+        // reboot=t: microvm has no keyboard controller, so reset by triple
+        // fault; with -no-reboot QEMU then exits. panic=-1 turns a guest
+        // panic into that same reset instead of a hang.
+        let mut cmdline = vec![
+            "console=ttyS0".to_string(),
+            "reboot=t".into(),
+            "panic=-1".into(),
+            "quiet".into(),
+            format!("firedoor.port={}", spec.agent_port),
+        ];
+        cmdline.extend(spec.kernel_params.iter().cloned());
+        let mut args: Vec<String> = [
+            // acpi=off: only then does QEMU put virtio_mmio.device= on the
+            // kernel command line; our kernel has no ACPI.
+            "-M",
+            "microvm,acpi=off,x-option-roms=off,memory-backend=mem",
+            "-accel",
+            self.accel.name(),
+            "-cpu",
+            cpu,
+        ]
+        .map(String::from)
+        .into();
+        args.extend([
+            "-smp".into(),
+            spec.vcpus.to_string(),
+            "-m".into(),
+            format!("{mib}M"),
+            // vhost-user devices need guest memory the daemon can map.
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={mib}M,share=on"),
+        ]);
+        args.extend(
+            [
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+                "-no-reboot",
+            ]
+            .map(String::from),
+        );
+        args.extend([
+            "-kernel".into(),
+            spec.kernel.display().to_string(),
+            "-initrd".into(),
+            spec.initrd.display().to_string(),
+            "-append".into(),
+            cmdline.join(" "),
+            "-serial".into(),
+            format!("file:{}", run_dir.console_log().display()),
+            "-chardev".into(),
+            format!("socket,id=vsock,path={}", vhost_socket.display()),
+            "-device".into(),
+            "vhost-user-vsock-device,chardev=vsock".into(),
+        ]);
+        args
+    }
+}
+
+impl Backend for QemuBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Qemu
+    }
+
+    fn accelerator(&self) -> &'static str {
+        self.accel.name()
+    }
+
+    fn launch(&self, spec: &VmSpec, run_dir: &RunDir) -> Result<Launch> {
+        let vhost_socket = run_dir.path().join("vhost-vsock.sock");
+        let mut vsock = ManagedChild::spawn(
+            VHOST_VSOCK,
+            Command::new(&self.vhost_vsock)
+                .arg("--guest-cid")
+                .arg(GUEST_CID.to_string())
+                .arg("--socket")
+                .arg(&vhost_socket)
+                .arg("--uds-path")
+                .arg(run_dir.vsock_uds()),
+            Some(&run_dir.log(VHOST_VSOCK)),
+        )?;
+        // QEMU fails at once if the vhost-user socket is not there yet.
+        let deadline = Instant::now() + HELPER_START_TIMEOUT;
+        while !vhost_socket.exists() {
+            let exited = vsock
+                .wait_timeout(Duration::from_millis(5))
+                .map_err(|e| helper_failed(VHOST_VSOCK, e.to_string()))?;
+            if let Some(status) = exited {
+                return Err(helper_failed(
+                    VHOST_VSOCK,
+                    format!("exited ({status}): {}", vsock.log_tail(5)),
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(helper_failed(
+                    VHOST_VSOCK,
+                    format!(
+                        "no socket at {} after {HELPER_START_TIMEOUT:?}",
+                        vhost_socket.display()
+                    ),
+                ));
+            }
+        }
+        let vmm = ManagedChild::spawn(
+            QEMU,
+            Command::new(&self.qemu).args(self.qemu_args(spec, run_dir, &vhost_socket)),
+            Some(&run_dir.log(QEMU)),
+        )?;
+        Ok(Launch {
+            vmm,
+            helpers: vec![vsock],
+        })
+    }
+}
+
+fn helper_failed(name: &str, detail: String) -> Error {
+    Error::HelperFailed {
+        name: name.into(),
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_has_memfd_vsock_and_agent_port() {
+        let backend = QemuBackend {
+            qemu: "qemu".into(),
+            vhost_vsock: "vhost".into(),
+            accel: Accel::Tcg,
+        };
+        let run_dir = RunDir::create(&std::env::temp_dir()).unwrap();
+        let mut spec = VmSpec::new("/k", "/i");
+        spec.memory_mib = 512;
+        spec.vcpus = 2;
+        spec.agent_port = 2000;
+        spec.kernel_params = vec!["firedoor.log=debug".into()];
+        let args = backend.qemu_args(&spec, &run_dir, std::path::Path::new("/run/x.sock"));
+        let joined = args.join(" ");
+        assert!(
+            joined.contains("-accel tcg -cpu max -smp 2 -m 512M"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("memory-backend-memfd,id=mem,size=512M,share=on"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("socket,id=vsock,path=/run/x.sock"),
+            "{joined}"
+        );
+        let append = &args[args.iter().position(|a| a == "-append").unwrap() + 1];
+        assert!(append.contains("firedoor.port=2000"), "{append}");
+        assert!(append.ends_with("firedoor.log=debug"), "{append}");
+        assert!(
+            append.contains("reboot=t") && append.contains("panic=-1"),
+            "{append}"
+        );
+    }
+
+    #[test]
+    fn accel_follows_kvm_kind() {
+        assert_eq!(Accel::best_for(&KvmKind::Pvm), Accel::Tcg);
+        assert_eq!(Accel::best_for(&KvmKind::Absent), Accel::Tcg);
+        assert_eq!(
+            Accel::best_for(&KvmKind::Hardware { extension: "AMD-V" }),
+            Accel::Kvm
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! One running microVM: its processes, its run directory, the way in to its
+//! guest, and a teardown that leaves nothing behind.
+
+use std::{
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    time::{Duration, Instant},
+};
+
+use log::{debug, info, warn};
+
+use crate::{
+    backend::{Backend, BackendKind, RunDir, VmSpec},
+    error::IoContext,
+    process::{tail_lines, ManagedChild},
+    vsock::{self, ConnectError},
+    Error, Result,
+};
+
+/// Console lines quoted in boot errors.
+const CONSOLE_TAIL_LINES: usize = 20;
+/// How long a helper may take to exit on SIGTERM once the VMM is gone.
+const HELPER_GRACE: Duration = Duration::from_secs(2);
+/// Pause between connection attempts while the guest boots.
+const RETRY_INTERVAL: Duration = Duration::from_millis(10);
+/// Upper bound for one CONNECT reply; a silent VMM is retried after it.
+const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub struct MicroVm {
+    kind: BackendKind,
+    accelerator: &'static str,
+    vmm: ManagedChild,
+    helpers: Vec<ManagedChild>,
+    // Dropped after the processes (field order), so sockets outlive them.
+    run_dir: RunDir,
+    boot_time: Duration,
+}
+
+impl MicroVm {
+    /// Boots `spec` with `backend` and waits until the guest agent accepts a
+    /// connection on `spec.agent_port`; returns the VM and that connection.
+    /// On any error everything started so far is stopped and removed.
+    pub fn start(backend: &dyn Backend, spec: &VmSpec) -> Result<(MicroVm, UnixStream)> {
+        spec.validate()?;
+        let started = Instant::now();
+        let run_dir = RunDir::create(&spec.run_base)?;
+        let launch = backend.launch(spec, &run_dir)?;
+        let mut vm = MicroVm {
+            kind: backend.kind(),
+            accelerator: backend.accelerator(),
+            vmm: launch.vmm,
+            helpers: launch.helpers,
+            run_dir,
+            boot_time: Duration::ZERO,
+        };
+        let stream = vm.wait_for_agent(
+            spec.agent_port,
+            started + spec.boot_timeout,
+            spec.boot_timeout,
+        )?;
+        vm.boot_time = started.elapsed();
+        info!(
+            "{} VM ({}) pid {}: agent answered after {} ms",
+            vm.kind,
+            vm.accelerator,
+            vm.vmm.pid(),
+            vm.boot_time.as_millis()
+        );
+        Ok((vm, stream))
+    }
+
+    fn wait_for_agent(
+        &mut self,
+        port: u32,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<UnixStream> {
+        let uds = self.run_dir.vsock_uds();
+        loop {
+            self.check_alive()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::BootTimeout {
+                    port,
+                    timeout,
+                    console: self.console_tail(CONSOLE_TAIL_LINES),
+                });
+            }
+            match vsock::connect(&uds, port, left.min(CONNECT_ATTEMPT_TIMEOUT)) {
+                Ok(stream) => return Ok(stream),
+                Err(e @ (ConnectError::NotListening { .. } | ConnectError::Timeout { .. })) => {
+                    debug!("waiting for the agent: {e}");
+                }
+                Err(e) => return Err(Error::Vsock(e.to_string())),
+            }
+            // Sleeps, but wakes at once if the VMM exits.
+            self.vmm
+                .wait_timeout(RETRY_INTERVAL.min(left))
+                .context(|| format!("waiting for {}", self.vmm.name()))?;
+        }
+    }
+
+    /// Fails if the VMM or a helper has exited.
+    fn check_alive(&mut self) -> Result<()> {
+        let vmm_name = self.vmm.name().to_owned();
+        if let Some(status) = self
+            .vmm
+            .try_wait()
+            .context(|| format!("waiting for {vmm_name}"))?
+        {
+            let mut console = self.console_tail(CONSOLE_TAIL_LINES);
+            let vmm_log = self.vmm.log_tail(5);
+            if !vmm_log.is_empty() {
+                console = format!("{console}\n{vmm_name}: {vmm_log}");
+            }
+            return Err(Error::GuestExited {
+                vmm: vmm_name,
+                status: status.to_string(),
+                console,
+            });
+        }
+        for helper in &mut self.helpers {
+            if let Some(status) = helper
+                .try_wait()
+                .context(|| format!("waiting for {}", helper.name()))?
+            {
+                return Err(Error::HelperFailed {
+                    name: helper.name().into(),
+                    detail: format!("exited ({status}): {}", helper.log_tail(5)),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens another stream to a guest vsock port (the agent's side must be
+    /// listening already).
+    pub fn connect(&self, port: u32, timeout: Duration) -> Result<UnixStream> {
+        vsock::connect(&self.run_dir.vsock_uds(), port, timeout)
+            .map_err(|e| Error::Vsock(e.to_string()))
+    }
+
+    /// Waits up to `timeout` for the guest to end (power-off, reset, panic).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let name = self.vmm.name().to_owned();
+        self.vmm
+            .wait_timeout(timeout)
+            .context(|| format!("waiting for {name}"))
+    }
+
+    /// Ends the VM: waits up to `grace` for the guest to finish on its own
+    /// (the caller has asked the agent to shut down), then kills the VMM;
+    /// stops the helpers and removes the run directory. Returns the VMM's
+    /// exit status and whether it had to be killed.
+    pub fn stop(mut self, grace: Duration) -> Result<(ExitStatus, bool)> {
+        let (status, killed) = match self.wait_exit(grace)? {
+            Some(status) => (status, false),
+            None => {
+                warn!(
+                    "{} (pid {}) still running {grace:?} after shutdown; killing it",
+                    self.vmm.name(),
+                    self.vmm.pid()
+                );
+                (self.vmm.kill().context(|| "killing the VMM".into())?, true)
+            }
+        };
+        for helper in &mut self.helpers {
+            let name = helper.name().to_owned();
+            helper
+                .terminate(HELPER_GRACE)
+                .context(|| format!("stopping {name}"))?;
+        }
+        debug!("VM stopped: {status}");
+        Ok((status, killed))
+    }
+
+    /// The last `lines` lines of the guest console.
+    pub fn console_tail(&self, lines: usize) -> String {
+        tail_lines(&self.run_dir.console_log(), lines)
+    }
+
+    pub fn backend(&self) -> BackendKind {
+        self.kind
+    }
+
+    pub fn accelerator(&self) -> &'static str {
+        self.accelerator
+    }
+
+    /// Launch to the agent's first accepted connection.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    pub fn vmm_pid(&self) -> u32 {
+        self.vmm.pid()
+    }
+
+    /// PIDs of the helper processes (vhost-user daemons).
+    pub fn helper_pids(&self) -> Vec<u32> {
+        self.helpers.iter().map(ManagedChild::pid).collect()
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        self.run_dir.path()
+    }
+
+    pub fn console_log(&self) -> PathBuf {
+        self.run_dir.console_log()
+    }
+}

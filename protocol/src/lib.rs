@@ -1,0 +1,25 @@
+//! The Firedoor agent protocol, shared by the host (shim, CLI) and the guest
+//! agent. Generated from `proto/agent.proto` at build time.
+
+/// Messages (`CheckRequest`, `CheckResponse`, ...).
+#[allow(warnings, clippy::all)] // generated code
+pub mod agent {
+    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+}
+
+/// ttrpc client (`AgentClient`) and server trait (`Agent`, `create_agent`).
+#[allow(warnings, clippy::all)] // generated code
+pub mod agent_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+}
+
+/// vsock port the agent listens on unless the kernel command line says otherwise.
+pub const DEFAULT_AGENT_PORT: u32 = 1024;
+
+/// Kernel command-line keys the agent reads (`firedoor.port=2000`).
+pub mod cmdline {
+    /// vsock port of the agent's ttrpc server.
+    pub const PORT: &str = "firedoor.port";
+    /// Agent log level: error, warn, info, debug, trace.
+    pub const LOG: &str = "firedoor.log";
+}

@@ -1,0 +1,1 @@
+//! Firedoor built-in VMM (work in progress).
