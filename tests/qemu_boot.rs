@@ -1,0 +1,147 @@
+//! The real guest (kernel + initramfs + agent) booted through the qemu
+//! backend: TCG on hosts without hardware KVM, as here.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use firedoor_hypervisor::{Error, MicroVm, QemuBackend};
+use firedoor_shim::sandbox::Sandbox;
+use firedoor_tests::{assert_nothing_left, guest_spec, processes_mentioning};
+
+#[test]
+fn boots_guest_and_agent_answers_check() {
+    let run_base = tempfile::tempdir().unwrap();
+    let backend = QemuBackend::detect().unwrap();
+    let sandbox = Sandbox::boot(&backend, &guest_spec(run_base.path())).unwrap();
+
+    // While it runs, the VM's processes are found by its run directory.
+    let vm_pids: Vec<u32> = processes_mentioning(run_base.path())
+        .iter()
+        .map(|p| p.0)
+        .collect();
+    assert!(vm_pids.contains(&sandbox.vm().vmm_pid()), "{vm_pids:?}");
+
+    let reply = sandbox.check().unwrap();
+    assert_eq!(reply.agent_version, env!("CARGO_PKG_VERSION"));
+    assert!(
+        reply.kernel_release.starts_with("6.12"),
+        "{}",
+        reply.kernel_release
+    );
+    assert!(reply.boot_to_ready_ms > 0);
+    assert!(reply.uptime_ms >= reply.boot_to_ready_ms);
+
+    let (status, killed) = sandbox.shutdown().unwrap();
+    assert!(!killed, "the guest had to be killed");
+    assert!(status.success(), "QEMU exited with {status}");
+    assert_nothing_left(run_base.path());
+}
+
+#[test]
+fn two_vcpus_and_more_memory_boot() {
+    let run_base = tempfile::tempdir().unwrap();
+    let mut spec = guest_spec(run_base.path());
+    spec.vcpus = 2;
+    spec.memory_mib = 512;
+    let sandbox = Sandbox::boot(&QemuBackend::detect().unwrap(), &spec).unwrap();
+    sandbox.check().unwrap();
+    let (status, killed) = sandbox.shutdown().unwrap();
+    assert!(status.success() && !killed);
+    assert_nothing_left(run_base.path());
+}
+
+#[test]
+fn missing_kernel_is_named_and_nothing_starts() {
+    let run_base = tempfile::tempdir().unwrap();
+    let mut spec = guest_spec(run_base.path());
+    spec.kernel = run_base.path().join("no-such-vmlinux");
+    let err = MicroVm::start(&QemuBackend::detect().unwrap(), &spec)
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::KernelMissing(_)), "{err}");
+    assert!(err.to_string().contains("no-such-vmlinux"), "{err}");
+    assert_nothing_left(run_base.path());
+}
+
+#[test]
+fn agent_on_another_port_times_out_and_leaves_nothing() {
+    let run_base = tempfile::tempdir().unwrap();
+    let mut spec = guest_spec(run_base.path());
+    // The agent listens on 2000 (last value wins); the host waits on 1024.
+    spec.kernel_params = vec!["firedoor.port=2000".into()];
+    spec.boot_timeout = Duration::from_secs(8);
+    let started = Instant::now();
+    let err = MicroVm::start(&QemuBackend::detect().unwrap(), &spec)
+        .err()
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(err, Error::BootTimeout { port: 1024, .. }),
+        "{err}"
+    );
+    assert!(elapsed >= spec.boot_timeout, "gave up early: {elapsed:?}");
+    // Generous bound: the limit plus teardown, not a benchmark.
+    assert!(
+        elapsed < spec.boot_timeout + Duration::from_secs(10),
+        "took {elapsed:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("did not answer on vsock port 1024"),
+        "{err}"
+    );
+    assert_nothing_left(run_base.path());
+}
+
+#[test]
+fn agent_with_bad_setting_powers_off_and_says_why() {
+    let run_base = tempfile::tempdir().unwrap();
+    let mut spec = guest_spec(run_base.path());
+    spec.kernel_params = vec!["firedoor.log=chatty".into()];
+    let err = MicroVm::start(&QemuBackend::detect().unwrap(), &spec)
+        .err()
+        .unwrap();
+    let text = err.to_string();
+    assert!(matches!(err, Error::GuestExited { .. }), "{text}");
+    assert!(
+        text.contains("firedoor.log=chatty: unknown log level"),
+        "{text}"
+    );
+    assert!(text.contains("powering off"), "{text}");
+    assert_nothing_left(run_base.path());
+}
+
+#[test]
+fn vmm_killed_with_sigkill_is_noticed_and_cleaned_up() {
+    let run_base = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::boot(
+        &QemuBackend::detect().unwrap(),
+        &guest_spec(run_base.path()),
+    )
+    .unwrap();
+    let pid = sandbox.vm().vmm_pid();
+    let helpers = sandbox.vm().helper_pids();
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+
+    let err = sandbox
+        .check()
+        .err()
+        .expect("Check must fail once the VM is gone");
+    assert!(!err.to_string().is_empty());
+    let (status, killed) = sandbox.shutdown().unwrap();
+    assert!(!killed, "already dead, nothing to kill");
+    assert!(!status.success(), "{status}");
+    for helper in helpers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{helper}")).exists(),
+            "helper {helper} left"
+        );
+    }
+    assert_nothing_left(run_base.path());
+}

@@ -1,0 +1,91 @@
+//! Helpers shared by the integration tests: where the built guest and
+//! binaries are, and checks that a test left nothing behind.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use firedoor_hypervisor::VmSpec;
+
+/// The workspace root (this crate lives in `<root>/tests`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// The directory holding the workspace's binaries for this build
+/// (`target/debug`): test executables live in its `deps/`.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_owned()
+}
+
+/// A workspace binary; `cargo build --workspace` must have run.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// The guest built by scripts/build-guest: (vmlinux, initramfs.img).
+pub fn guest_image() -> (PathBuf, PathBuf) {
+    let dir = workspace_root().join("target/guest");
+    let kernel = dir.join("vmlinux");
+    let initrd = dir.join("initramfs.img");
+    for file in [&kernel, &initrd] {
+        assert!(
+            file.is_file(),
+            "{} is missing: run scripts/build-guest before the tests",
+            file.display()
+        );
+    }
+    (kernel, initrd)
+}
+
+/// A spec for the built guest whose run directory goes under `run_base`.
+pub fn guest_spec(run_base: &Path) -> VmSpec {
+    let (kernel, initrd) = guest_image();
+    let mut spec = VmSpec::new(kernel, initrd);
+    spec.run_base = run_base.to_owned();
+    spec
+}
+
+/// PIDs of live processes whose command line mentions `needle` (for
+/// example a VM's run directory, which QEMU and its helpers all name).
+pub fn processes_mentioning(needle: &Path) -> Vec<(u32, String)> {
+    let needle = needle.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(&needle) && pid != std::process::id() {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// Asserts that nothing a VM used under `run_base` is left: no process
+/// naming it and no file or socket in it.
+pub fn assert_nothing_left(run_base: &Path) {
+    let procs = processes_mentioning(run_base);
+    assert!(procs.is_empty(), "processes left behind: {procs:?}");
+    let leftovers: Vec<_> = fs::read_dir(run_base)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(leftovers.is_empty(), "files left behind: {leftovers:?}");
+}
