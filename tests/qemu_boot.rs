@@ -131,8 +131,7 @@ fn vmm_killed_with_sigkill_is_noticed_and_cleaned_up() {
 
     let err = sandbox
         .check()
-        .err()
-        .expect("Check must fail once the VM is gone");
+        .expect_err("Check must fail once the VM is gone");
     assert!(!err.to_string().is_empty());
     let (status, killed) = sandbox.shutdown().unwrap();
     assert!(!killed, "already dead, nothing to kill");
