@@ -3,7 +3,7 @@
 use std::sync::mpsc::Sender;
 
 use firedoor_protocol::{
-    agent::{CheckRequest, CheckResponse, ShutdownRequest, ShutdownResponse},
+    agent::{CheckRequest, CheckResponse, Empty, ShutdownRequest},
     agent_ttrpc::Agent,
 };
 use log::info;
@@ -44,16 +44,12 @@ impl Agent for AgentService {
         })
     }
 
-    fn shutdown(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: ShutdownRequest,
-    ) -> ttrpc::Result<ShutdownResponse> {
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {
         info!("shutdown requested by the host");
         self.shutdown
             .send(ShutdownReason::Requested)
             .map_err(|_| ttrpc::Error::Others("agent is already shutting down".into()))?;
-        Ok(ShutdownResponse::default())
+        Ok(Empty::default())
     }
 }
 

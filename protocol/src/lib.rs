@@ -13,6 +13,8 @@ pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
 }
 
+pub mod stdio;
+
 /// vsock port the agent listens on unless the kernel command line says otherwise.
 pub const DEFAULT_AGENT_PORT: u32 = 1024;
 
