@@ -144,3 +144,18 @@ fn vmm_killed_with_sigkill_is_noticed_and_cleaned_up() {
     }
     assert_nothing_left(run_base.path());
 }
+
+#[test]
+fn boots_with_a_shared_directory_and_stops_virtiofsd() {
+    let run_base = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let mut spec = guest_spec(run_base.path());
+    spec.shared_dir = Some(shared.path().to_owned());
+    let sandbox = Sandbox::boot(&QemuBackend::detect().unwrap(), &spec).unwrap();
+    // vhost-device-vsock and virtiofsd.
+    assert_eq!(sandbox.vm().helper_pids().len(), 2);
+    sandbox.check().unwrap();
+    let (status, killed) = sandbox.shutdown().unwrap();
+    assert!(status.success() && !killed, "{status}");
+    assert_nothing_left(run_base.path());
+}

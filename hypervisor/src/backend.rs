@@ -52,6 +52,9 @@ pub struct VmSpec {
     pub boot_timeout: Duration,
     /// Parent directory of the VM's run directory (sockets, logs).
     pub run_base: PathBuf,
+    /// A host directory shared with the guest over virtio-fs, tag
+    /// [`SHARED_FS_TAG`](crate::SHARED_FS_TAG) (container rootfs, volumes).
+    pub shared_dir: Option<PathBuf>,
 }
 
 impl VmSpec {
@@ -67,6 +70,7 @@ impl VmSpec {
             agent_port: 1024,
             boot_timeout: Duration::from_secs(30),
             run_base: std::env::temp_dir(),
+            shared_dir: None,
         }
     }
 
@@ -87,7 +91,16 @@ impl VmSpec {
                 self.memory_mib
             )));
         }
-        if self.agent_port == 0 || self.agent_port == u32::MAX {
+        if let Some(dir) = &self.shared_dir {
+            if !dir.is_dir() {
+                return Err(Error::InvalidSpec(format!(
+                    "shared directory {} does not exist",
+                    dir.display()
+                )));
+            }
+        }
+        // The stdio port is agent port + 1, so the last port is not usable.
+        if self.agent_port == 0 || self.agent_port >= u32::MAX - 1 {
             return Err(Error::InvalidSpec(format!(
                 "agent port {}",
                 self.agent_port
@@ -200,6 +213,10 @@ mod tests {
             },
             VmSpec {
                 agent_port: 0,
+                ..ok.clone()
+            },
+            VmSpec {
+                shared_dir: Some("/nonexistent/share".into()),
                 ..ok.clone()
             },
             VmSpec {

@@ -18,3 +18,6 @@ pub use backend::{Backend, BackendKind, Launch, RunDir, VmSpec};
 pub use error::{Error, Result};
 pub use qemu::QemuBackend;
 pub use vm::MicroVm;
+
+/// The virtio-fs tag under which the guest sees [`VmSpec::shared_dir`].
+pub const SHARED_FS_TAG: &str = "firedoor";

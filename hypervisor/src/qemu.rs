@@ -3,7 +3,7 @@
 //! socket as the built-in VMM. KVM where it can boot Linux, TCG elsewhere.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -12,11 +12,12 @@ use crate::{
     backend::{Backend, BackendKind, Launch, RunDir, VmSpec},
     host::{self, KvmKind},
     process::ManagedChild,
-    Error, Result,
+    Error, Result, SHARED_FS_TAG,
 };
 
 pub const QEMU: &str = "qemu-system-x86_64";
 pub const VHOST_VSOCK: &str = "vhost-device-vsock";
+pub const VIRTIOFSD: &str = "virtiofsd";
 
 /// How QEMU runs guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,8 @@ const HELPER_START_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct QemuBackend {
     pub qemu: PathBuf,
     pub vhost_vsock: PathBuf,
+    /// Needed only for VMs with a shared directory.
+    pub virtiofsd: Option<PathBuf>,
     pub accel: Accel,
 }
 
@@ -73,17 +76,13 @@ impl QemuBackend {
         Ok(QemuBackend {
             qemu,
             vhost_vsock,
+            virtiofsd: host::find_program(VIRTIOFSD),
             accel: Accel::best_for(&host::probe_kvm()),
         })
     }
 
     /// The QEMU command line for `spec`, with sockets and logs in `run_dir`.
-    pub fn qemu_args(
-        &self,
-        spec: &VmSpec,
-        run_dir: &RunDir,
-        vhost_socket: &std::path::Path,
-    ) -> Vec<String> {
+    pub fn qemu_args(&self, spec: &VmSpec, run_dir: &RunDir) -> Vec<String> {
         let mib = spec.memory_mib;
         let cpu = match self.accel {
             Accel::Kvm => "host",
@@ -143,10 +142,18 @@ impl QemuBackend {
             "-serial".into(),
             format!("file:{}", run_dir.console_log().display()),
             "-chardev".into(),
-            format!("socket,id=vsock,path={}", vhost_socket.display()),
+            format!("socket,id=vsock,path={}", vsock_socket(run_dir).display()),
             "-device".into(),
             "vhost-user-vsock-device,chardev=vsock".into(),
         ]);
+        if spec.shared_dir.is_some() {
+            args.extend([
+                "-chardev".into(),
+                format!("socket,id=fs,path={}", fs_socket(run_dir).display()),
+                "-device".into(),
+                format!("vhost-user-fs-device,chardev=fs,tag={SHARED_FS_TAG}"),
+            ]);
+        }
         args
     }
 }
@@ -161,50 +168,86 @@ impl Backend for QemuBackend {
     }
 
     fn launch(&self, spec: &VmSpec, run_dir: &RunDir) -> Result<Launch> {
-        let vhost_socket = run_dir.path().join("vhost-vsock.sock");
-        let mut vsock = ManagedChild::spawn(
+        let mut helpers = vec![start_vhost_user_daemon(
             VHOST_VSOCK,
             Command::new(&self.vhost_vsock)
                 .arg("--guest-cid")
                 .arg(GUEST_CID.to_string())
                 .arg("--socket")
-                .arg(&vhost_socket)
+                .arg(vsock_socket(run_dir))
                 .arg("--uds-path")
                 .arg(run_dir.vsock_uds()),
-            Some(&run_dir.log(VHOST_VSOCK)),
-        )?;
-        // QEMU fails at once if the vhost-user socket is not there yet.
-        let deadline = Instant::now() + HELPER_START_TIMEOUT;
-        while !vhost_socket.exists() {
-            let exited = vsock
-                .wait_timeout(Duration::from_millis(5))
-                .map_err(|e| helper_failed(VHOST_VSOCK, e.to_string()))?;
-            if let Some(status) = exited {
-                return Err(helper_failed(
-                    VHOST_VSOCK,
-                    format!("exited ({status}): {}", vsock.log_tail(5)),
-                ));
-            }
-            if Instant::now() > deadline {
-                return Err(helper_failed(
-                    VHOST_VSOCK,
-                    format!(
-                        "no socket at {} after {HELPER_START_TIMEOUT:?}",
-                        vhost_socket.display()
-                    ),
-                ));
-            }
+            &vsock_socket(run_dir),
+            run_dir,
+        )?];
+        if let Some(shared_dir) = &spec.shared_dir {
+            let virtiofsd = self.virtiofsd.as_ref().ok_or(Error::HelperMissing {
+                name: VIRTIOFSD,
+                hint: "needed for a shared directory; install it with: cargo install --locked virtiofsd@1.14.0",
+            })?;
+            helpers.push(start_vhost_user_daemon(
+                VIRTIOFSD,
+                Command::new(virtiofsd)
+                    .arg("--socket-path")
+                    .arg(fs_socket(run_dir))
+                    .arg("--shared-dir")
+                    .arg(shared_dir)
+                    // Container rootfs and volumes are bind mounts inside
+                    // the share: give each its own device in the guest.
+                    .arg("--announce-submounts")
+                    .args(["--cache", "auto", "--log-level", "warn"]),
+                &fs_socket(run_dir),
+                run_dir,
+            )?);
         }
         let vmm = ManagedChild::spawn(
             QEMU,
-            Command::new(&self.qemu).args(self.qemu_args(spec, run_dir, &vhost_socket)),
+            Command::new(&self.qemu).args(self.qemu_args(spec, run_dir)),
             Some(&run_dir.log(QEMU)),
         )?;
-        Ok(Launch {
-            vmm,
-            helpers: vec![vsock],
-        })
+        Ok(Launch { vmm, helpers })
     }
+}
+
+fn vsock_socket(run_dir: &RunDir) -> PathBuf {
+    run_dir.path().join("vhost-vsock.sock")
+}
+
+fn fs_socket(run_dir: &RunDir) -> PathBuf {
+    run_dir.path().join("virtiofsd.sock")
+}
+
+/// Starts a vhost-user device daemon and waits until its socket exists:
+/// QEMU fails at once if the socket is not there yet.
+fn start_vhost_user_daemon(
+    name: &str,
+    cmd: &mut Command,
+    socket: &Path,
+    run_dir: &RunDir,
+) -> Result<ManagedChild> {
+    let mut daemon = ManagedChild::spawn(name, cmd, Some(&run_dir.log(name)))?;
+    let deadline = Instant::now() + HELPER_START_TIMEOUT;
+    while !socket.exists() {
+        let exited = daemon
+            .wait_timeout(Duration::from_millis(5))
+            .map_err(|e| helper_failed(name, e.to_string()))?;
+        if let Some(status) = exited {
+            return Err(helper_failed(
+                name,
+                format!("exited ({status}): {}", daemon.log_tail(5)),
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(helper_failed(
+                name,
+                format!(
+                    "no socket at {} after {HELPER_START_TIMEOUT:?}",
+                    socket.display()
+                ),
+            ));
+        }
+    }
+    Ok(daemon)
 }
 
 fn helper_failed(name: &str, detail: String) -> Error {
@@ -223,6 +266,7 @@ mod tests {
         let backend = QemuBackend {
             qemu: "qemu".into(),
             vhost_vsock: "vhost".into(),
+            virtiofsd: None,
             accel: Accel::Tcg,
         };
         let run_dir = RunDir::create(&std::env::temp_dir()).unwrap();
@@ -231,7 +275,7 @@ mod tests {
         spec.vcpus = 2;
         spec.agent_port = 2000;
         spec.kernel_params = vec!["firedoor.log=debug".into()];
-        let args = backend.qemu_args(&spec, &run_dir, std::path::Path::new("/run/x.sock"));
+        let args = backend.qemu_args(&spec, &run_dir);
         let joined = args.join(" ");
         assert!(
             joined.contains("-accel tcg -cpu max -smp 2 -m 512M"),
@@ -241,8 +285,16 @@ mod tests {
             joined.contains("memory-backend-memfd,id=mem,size=512M,share=on"),
             "{joined}"
         );
+        let vsock = format!(
+            "socket,id=vsock,path={}/vhost-vsock.sock",
+            run_dir.path().display()
+        );
+        assert!(joined.contains(&vsock), "{joined}");
+        assert!(!joined.contains("vhost-user-fs-device"), "{joined}");
+        spec.shared_dir = Some("/srv".into());
+        let joined = backend.qemu_args(&spec, &run_dir).join(" ");
         assert!(
-            joined.contains("socket,id=vsock,path=/run/x.sock"),
+            joined.contains("vhost-user-fs-device,chardev=fs,tag=firedoor"),
             "{joined}"
         );
         let append = &args[args.iter().position(|a| a == "-append").unwrap() + 1];
