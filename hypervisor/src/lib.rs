@@ -9,7 +9,7 @@
 mod backend;
 mod error;
 pub mod host;
-mod process;
+pub mod process;
 pub mod qemu;
 mod vm;
 pub mod vsock;

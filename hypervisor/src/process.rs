@@ -117,6 +117,11 @@ impl ManagedChild {
         }
     }
 
+    /// A duplicate of the pidfd: readable once the child has exited.
+    pub fn exit_notifier(&self) -> io::Result<OwnedFd> {
+        self.pidfd.try_clone()
+    }
+
     /// SIGTERM, then SIGKILL after `grace`; always reaps.
     pub fn terminate(&mut self, grace: Duration) -> io::Result<ExitStatus> {
         if let Some(status) = self.try_wait()? {

@@ -150,10 +150,10 @@ impl MicroVm {
     }
 
     /// Ends the VM: waits up to `grace` for the guest to finish on its own
-    /// (the caller has asked the agent to shut down), then kills the VMM;
-    /// stops the helpers and removes the run directory. Returns the VMM's
-    /// exit status and whether it had to be killed.
-    pub fn stop(mut self, grace: Duration) -> Result<(ExitStatus, bool)> {
+    /// (the caller has asked the agent to shut down), then kills the VMM and
+    /// stops the helpers. Returns the VMM's exit status and whether it had to
+    /// be killed. The run directory goes when the `MicroVm` is dropped.
+    pub fn stop(&mut self, grace: Duration) -> Result<(ExitStatus, bool)> {
         let (status, killed) = match self.wait_exit(grace)? {
             Some(status) => (status, false),
             None => {
@@ -173,6 +173,12 @@ impl MicroVm {
         }
         debug!("VM stopped: {status}");
         Ok((status, killed))
+    }
+
+    /// A descriptor that becomes readable when the VMM exits, for a thread
+    /// that watches the VM without borrowing it.
+    pub fn exit_notifier(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.vmm.exit_notifier()
     }
 
     /// The last `lines` lines of the guest console.

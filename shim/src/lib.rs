@@ -1,6 +1,13 @@
-//! Firedoor's host side: finding the guest image, choosing a hypervisor
-//! backend, and driving a sandbox VM through its agent.
+//! Firedoor's host side: the containerd shim v2 (`containerd-shim-firedoor-v2`),
+//! the guest image lookup, backend choice, and a sandbox VM driven through
+//! its agent.
 
 pub mod assets;
 pub mod backends;
+pub mod config;
+pub mod mount;
 pub mod sandbox;
+pub mod shimv2;
+pub mod spec;
+pub mod stdio;
+pub mod task;

@@ -1,0 +1,212 @@
+//! Host mounts the shim makes: the container rootfs from containerd's
+//! snapshotter mounts, and bind mounts into the directory shared with the
+//! guest over virtio-fs.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+use containerd_shim_protos::api::Mount as ContainerdMount;
+use log::debug;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+/// Splits mount options into flags and the data string for mount(2).
+pub fn parse_options(options: &[String]) -> (MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for option in options {
+        let (set, clear) = match option.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+            "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
+            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "defaults" => (MsFlags::empty(), MsFlags::empty()),
+            other => {
+                data.push(other.to_string());
+                continue;
+            }
+        };
+        flags = (flags | set) - clear;
+    }
+    (flags, data.join(","))
+}
+
+/// Mounts containerd's rootfs mounts (usually one overlay) on `target`.
+pub fn mount_rootfs(mounts: &[ContainerdMount], target: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
+    for m in mounts {
+        let (flags, data) = parse_options(&m.options);
+        mount(
+            Some(m.source.as_str()),
+            target,
+            Some(m.type_.as_str()),
+            flags,
+            Some(data.as_str()),
+        )
+        .with_context(|| {
+            format!(
+                "mounting the {} rootfs from {} on {}",
+                m.type_,
+                m.source,
+                target.display()
+            )
+        })?;
+        debug!("mounted {} rootfs on {}", m.type_, target.display());
+    }
+    Ok(())
+}
+
+/// Bind-mounts `source` (file or directory) on `target`, creating `target`.
+pub fn bind(source: &Path, target: &Path, readonly: bool) -> anyhow::Result<()> {
+    let meta = fs::metadata(source).with_context(|| format!("bind source {}", source.display()))?;
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    if meta.is_dir() {
+        fs::create_dir_all(target)
+    } else {
+        fs::File::create(target).map(drop)
+    }
+    .with_context(|| format!("creating {}", target.display()))?;
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mount(Some(source), target, None::<&str>, flags, None::<&str>)
+        .with_context(|| format!("bind-mounting {} on {}", source.display(), target.display()))?;
+    if readonly {
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .with_context(|| format!("making {} read-only", target.display()))?;
+    }
+    Ok(())
+}
+
+/// Makes `dir` a mount point of its own with shared propagation, so that
+/// mounts made below it later also appear in virtiofsd's mount namespace.
+pub fn make_shared_mount_point(dir: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .with_context(|| format!("bind-mounting {} on itself", dir.display()))?;
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .with_context(|| format!("making {} a shared mount", dir.display()))
+}
+
+/// Mount points at or below `dir`, deepest first (from /proc/self/mountinfo).
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+/// Unmounts everything at or below `dir` (lazily, deepest first).
+pub fn unmount_all_under(dir: &Path) {
+    // A path can be mounted over several times: repeat until none is left.
+    for _ in 0..8 {
+        let mounts = mounts_under(dir);
+        if mounts.is_empty() {
+            return;
+        }
+        for m in mounts {
+            if let Err(e) = umount2(&m, MntFlags::MNT_DETACH) {
+                debug!("unmount {}: {e}", m.display());
+            }
+        }
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(raw: &str) -> String {
+    let mut out = Vec::with_capacity(raw.len());
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes.get(i..i + 4) {
+            Some([b'\\', a, b, c]) if [a, b, c].iter().all(|d| (b'0'..=b'7').contains(d)) => {
+                out.push((a - b'0') * 64 + (b - b'0') * 8 + (c - b'0'));
+                i += 4;
+            }
+            _ => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let opts: Vec<String> = [
+            "ro",
+            "nosuid",
+            "lowerdir=/a:/b",
+            "upperdir=/u",
+            "rw",
+            "index=off",
+        ]
+        .map(String::from)
+        .into();
+        let (flags, data) = parse_options(&opts);
+        assert_eq!(flags, MsFlags::MS_NOSUID);
+        assert_eq!(data, "lowerdir=/a:/b,upperdir=/u,index=off");
+    }
+
+    #[test]
+    fn bind_mounts_show_up_and_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("src");
+        fs::create_dir(&source).unwrap();
+        fs::write(source.join("f"), "x").unwrap();
+        let shared = dir.path().join("shared");
+        make_shared_mount_point(&shared).unwrap();
+        let target = shared.join("c1/mounts/0");
+        bind(&source, &target, true).unwrap();
+        assert_eq!(fs::read_to_string(target.join("f")).unwrap(), "x");
+        assert!(
+            fs::write(target.join("g"), "y").is_err(),
+            "read-only bind is writable"
+        );
+        assert_eq!(mounts_under(&shared), vec![target.clone(), shared.clone()]);
+        unmount_all_under(&shared);
+        assert!(mounts_under(&shared).is_empty());
+        assert!(!target.join("f").exists());
+    }
+
+    #[test]
+    fn unescapes_mountinfo() {
+        assert_eq!(unescape("/a\\040b"), "/a b");
+    }
+}

@@ -1,0 +1,190 @@
+//! The container's OCI spec: read from the bundle with errors that name the
+//! offending field, and rewritten for the guest.
+
+use std::{fs, path::Path};
+
+use anyhow::{bail, Context};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+
+/// Reads `<bundle>/config.json`.
+pub fn load(bundle: &Path) -> anyhow::Result<Spec> {
+    let path = bundle.join("config.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    parse(&text).with_context(|| format!("invalid {}", path.display()))
+}
+
+/// Parses a config.json. oci-spec's own errors only say "serde failed", so
+/// deserialize through serde_path_to_error to name the field.
+pub fn parse(text: &str) -> anyhow::Result<Spec> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let spec: Spec = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        anyhow::anyhow!(
+            "at {}: {}",
+            if path == "." {
+                "top level".into()
+            } else {
+                path
+            },
+            e.inner()
+        )
+    })?;
+    let Some(process) = spec.process() else {
+        bail!("process is missing: nothing to run");
+    };
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        bail!("process.args is empty: nothing to run");
+    }
+    Ok(spec)
+}
+
+/// A host path that a spec mount needs inside the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedMount {
+    /// Index of the mount in the spec.
+    pub index: usize,
+    pub host_source: std::path::PathBuf,
+}
+
+/// Mounts whose source is a host path (bind mounts): these must be shared
+/// with the guest and their sources rewritten.
+pub fn host_bind_mounts(spec: &Spec) -> Vec<SharedMount> {
+    spec.mounts()
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, m)| is_bind(m))
+        .filter_map(|(index, m)| {
+            m.source().as_ref().map(|source| SharedMount {
+                index,
+                host_source: source.clone(),
+            })
+        })
+        .collect()
+}
+
+fn is_bind(mount: &Mount) -> bool {
+    mount.typ().as_deref() == Some("bind")
+        || mount
+            .options()
+            .iter()
+            .flatten()
+            .any(|o| o == "bind" || o == "rbind")
+}
+
+/// Rewrites a host spec for the guest: the rootfs and bind-mount sources
+/// become guest paths; namespaces given by host path (a pod's shared
+/// namespaces) are dropped or made fresh, since host paths mean nothing in
+/// the guest (the pod shares the guest's network namespace); hooks, which
+/// would run host binaries, are dropped.
+pub fn for_guest(
+    mut spec: Spec,
+    guest_rootfs: &str,
+    guest_mount_sources: &[(usize, String)],
+) -> anyhow::Result<Spec> {
+    if let Some(root) = spec.root_mut() {
+        root.set_path(guest_rootfs.into());
+    } else {
+        bail!("root is missing");
+    }
+    if let Some(mounts) = spec.mounts_mut() {
+        for (index, source) in guest_mount_sources {
+            let mount = mounts.get_mut(*index).context("mount index out of range")?;
+            mount.set_source(Some(source.into()));
+        }
+    }
+    if let Some(linux) = spec.linux_mut() {
+        if let Some(namespaces) = linux.namespaces_mut() {
+            namespaces
+                .retain(|ns| !(ns.typ() == LinuxNamespaceType::Network && ns.path().is_some()));
+            for ns in namespaces.iter_mut() {
+                ns.set_path(None);
+            }
+        }
+    }
+    spec.set_hooks(None);
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"{
+        "ociVersion": "1.0.2",
+        "process": {"user": {"uid": 0, "gid": 0}, "args": ["sh", "-c", "echo hi"], "cwd": "/"},
+        "root": {"path": "rootfs"},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "ro"]},
+            {"destination": "/etc/hosts", "source": "/var/lib/hosts", "options": ["bind"]}
+        ],
+        "linux": {"namespaces": [
+            {"type": "pid"}, {"type": "network", "path": "/var/run/netns/cni-1"}, {"type": "ipc", "path": "/proc/9/ns/ipc"}
+        ]},
+        "hooks": {"prestart": [{"path": "/usr/bin/true"}]}
+    }"#;
+
+    #[test]
+    fn parses_and_finds_bind_mounts() {
+        let spec = parse(MINIMAL).unwrap();
+        let binds = host_bind_mounts(&spec);
+        assert_eq!(
+            binds,
+            vec![
+                SharedMount {
+                    index: 1,
+                    host_source: "/srv/data".into()
+                },
+                SharedMount {
+                    index: 2,
+                    host_source: "/var/lib/hosts".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn rewrites_for_the_guest() {
+        let spec = parse(MINIMAL).unwrap();
+        let guest = for_guest(
+            spec,
+            "/run/firedoor/shared/c1/rootfs",
+            &[(1, "/run/firedoor/shared/c1/mounts/1".into())],
+        )
+        .unwrap();
+        assert_eq!(
+            guest.root().as_ref().unwrap().path().to_str(),
+            Some("/run/firedoor/shared/c1/rootfs")
+        );
+        let mounts = guest.mounts().as_ref().unwrap();
+        assert_eq!(
+            mounts[1].source().as_ref().unwrap().to_str(),
+            Some("/run/firedoor/shared/c1/mounts/1")
+        );
+        let namespaces = guest
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap();
+        assert_eq!(namespaces.len(), 2, "{namespaces:?}");
+        assert!(namespaces.iter().all(|ns| ns.path().is_none()));
+        assert!(guest.hooks().is_none());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = parse(r#"{"ociVersion": "1.0.2", "process": {"user": {"uid": "root", "gid": 0}, "args": ["x"], "cwd": "/"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("process.user.uid"), "{err}");
+        let err = parse("{not json").unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+        let err = parse(r#"{"ociVersion": "1.0.2", "process": {"user": {"uid": 0, "gid": 0}, "args": [], "cwd": "/"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("process.args is empty"), "{err}");
+    }
+}

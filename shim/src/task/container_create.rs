@@ -1,0 +1,182 @@
+//! Create: mount the rootfs, boot the sandbox VM if this is its first
+//! container, share the rootfs and bind-mount sources with the guest, create
+//! the container in the guest and attach its stdio.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{atomic::AtomicBool, Arc},
+};
+
+use containerd_shim::{api, protos::ttrpc::Code, TtrpcResult};
+use firedoor_protocol::{agent::CreateContainerRequest, stdio::valid_id};
+use log::{info, warn};
+
+use super::{
+    agent_error, internal,
+    sandbox_vm::{SandboxSlot, GUEST_SHARED_DIR},
+    status, Container, Process, Shared,
+};
+use crate::{
+    mount,
+    sandbox::{ctx, Sandbox, RPC_TIMEOUT},
+    spec,
+    stdio::{ProcessIo, StdioPaths},
+};
+
+pub(super) fn create(
+    shared: &Arc<Shared>,
+    req: api::CreateTaskRequest,
+) -> TtrpcResult<api::CreateTaskResponse> {
+    let id = req.id.as_str();
+    if !valid_id(id) {
+        return Err(status(
+            Code::INVALID_ARGUMENT,
+            format!("container id {id:?}: use 1-128 of [A-Za-z0-9_.-]"),
+        ));
+    }
+    if shared.containers().contains_key(id) {
+        return Err(status(
+            Code::ALREADY_EXISTS,
+            format!("container {id} already exists"),
+        ));
+    }
+    if !req.checkpoint.is_empty() {
+        return Err(status(
+            Code::UNIMPLEMENTED,
+            "restoring from a checkpoint is not supported by Firedoor",
+        ));
+    }
+    let bundle = PathBuf::from(&req.bundle);
+    let oci = spec::load(&bundle).map_err(|e| status(Code::INVALID_ARGUMENT, format!("{e:#}")))?;
+    let stdio = StdioPaths {
+        stdin: req.stdin.clone(),
+        stdout: req.stdout.clone(),
+        stderr: req.stderr.clone(),
+        terminal: req.terminal,
+    };
+
+    // Everything made from here on is undone if a later step fails.
+    let mut undo = Undo::default();
+    let rootfs = bundle.join("rootfs");
+    if !req.rootfs.is_empty() {
+        mount::mount_rootfs(&req.rootfs, &rootfs).map_err(internal)?;
+        undo.rootfs = Some(rootfs.clone());
+    }
+    let memory_limit_mib = oci
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|l| *l > 0)
+        .map(|l| (l as u64).div_ceil(1 << 20) as u32);
+    let hostname = oci.hostname().clone().unwrap_or_default();
+    let sandbox = SandboxSlot::get_or_boot(shared, memory_limit_mib, &hostname)
+        .map_err(|e| status(Code::UNAVAILABLE, format!("starting the sandbox VM: {e:#}")))?;
+
+    // The container's corner of the shared directory.
+    let host_dir = shared.state_dir.join("shared").join(id);
+    let guest_dir = format!("{GUEST_SHARED_DIR}/{id}");
+    undo.shared = Some(host_dir.clone());
+    mount::bind(&rootfs, &host_dir.join("rootfs"), false).map_err(internal)?;
+    let mut guest_sources = Vec::new();
+    for m in spec::host_bind_mounts(&oci) {
+        let name = format!("mounts/{}", m.index);
+        let source = if m.host_source.is_absolute() {
+            m.host_source.clone()
+        } else {
+            bundle.join(&m.host_source)
+        };
+        mount::bind(&source, &host_dir.join(&name), false).map_err(internal)?;
+        guest_sources.push((m.index, format!("{guest_dir}/{name}")));
+    }
+    let guest_rootfs = format!("{guest_dir}/rootfs");
+    let guest_spec = spec::for_guest(oci, &guest_rootfs, &guest_sources).map_err(internal)?;
+    let spec_json = serde_json::to_vec(&guest_spec).map_err(|e| internal(e.into()))?;
+
+    let reply = sandbox
+        .agent()
+        .create_container(
+            ctx(RPC_TIMEOUT),
+            &CreateContainerRequest {
+                container_id: id.into(),
+                oci_spec_json: spec_json,
+                rootfs: guest_rootfs,
+                stdio: Some(stdio.agent_stdio()).into(),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| agent_error("creating the container in the guest", e))?;
+    undo.guest_container = Some((sandbox.clone(), id.to_string()));
+
+    let io = ProcessIo::attach(&stdio, id, "", &shared.namespace, &|| {
+        sandbox.connect_stdio()
+    })
+    .map_err(|e| internal(e.context("attaching the container's stdio")))?;
+    let init = Arc::new(Process::new(id, "", stdio.clone(), None));
+    init.set_pid(reply.pid);
+    *init.io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io);
+
+    shared.containers().insert(
+        id.to_string(),
+        Container {
+            bundle: bundle.clone(),
+            rootfs_mounted: undo.rootfs.is_some(),
+            init,
+            execs: Default::default(),
+            paused: false,
+            oom_reported: Arc::new(AtomicBool::new(false)),
+        },
+    );
+    undo.disarm();
+    info!("created container {id} (guest pid {})", reply.pid);
+    shared.events.create(
+        id,
+        &req.bundle,
+        req.terminal,
+        [&req.stdin, &req.stdout, &req.stderr],
+        reply.pid,
+    );
+    Ok(api::CreateTaskResponse {
+        pid: reply.pid,
+        ..Default::default()
+    })
+}
+
+/// What a failed create must take back.
+#[derive(Default)]
+struct Undo {
+    rootfs: Option<PathBuf>,
+    shared: Option<PathBuf>,
+    guest_container: Option<(Arc<Sandbox>, String)>,
+}
+
+impl Undo {
+    fn disarm(&mut self) {
+        *self = Undo::default();
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if let Some((sandbox, id)) = self.guest_container.take() {
+            super::container_delete::remove_in_guest(&sandbox, &id);
+        }
+        if let Some(dir) = self.shared.take() {
+            remove_shared(&dir);
+        }
+        if let Some(rootfs) = self.rootfs.take() {
+            mount::unmount_all_under(&rootfs);
+        }
+    }
+}
+
+/// Unmounts and removes a container's corner of the shared directory.
+pub(super) fn remove_shared(dir: &Path) {
+    mount::unmount_all_under(dir);
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!("removing {}: {e}", dir.display());
+        }
+    }
+}

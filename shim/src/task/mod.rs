@@ -1,0 +1,205 @@
+//! containerd's Task service (API v2), one file per verb, backed by one
+//! sandbox VM per shim.
+
+mod container_create;
+mod container_delete;
+mod container_pause;
+mod container_stats;
+mod container_update;
+pub mod events;
+mod process;
+mod process_exec;
+mod process_io;
+mod process_kill;
+mod process_start;
+mod process_state;
+mod process_wait;
+mod sandbox_vm;
+pub use sandbox_vm::PIDS_FILE;
+mod shim_lifecycle;
+
+use std::{
+    collections::HashMap,
+    fmt::Display,
+    path::PathBuf,
+    sync::{atomic::AtomicBool, Arc, Mutex, MutexGuard},
+};
+
+use containerd_shim::{
+    api::{self, Empty},
+    protos::ttrpc::{Code, Error as TtrpcError},
+    ExitSignal, Task, TtrpcContext, TtrpcResult,
+};
+
+pub use self::process::{ExitInfo, Process};
+use self::{events::Events, sandbox_vm::SandboxSlot};
+use crate::config::Config;
+
+/// A container in the sandbox: its bundle, its init process and its execs.
+pub(crate) struct Container {
+    pub bundle: PathBuf,
+    /// We mounted containerd's rootfs mounts on `<bundle>/rootfs`.
+    pub rootfs_mounted: bool,
+    pub init: Arc<Process>,
+    pub execs: HashMap<String, Arc<Process>>,
+    pub paused: bool,
+    /// Set once TaskOOM went out for this container.
+    pub oom_reported: Arc<AtomicBool>,
+}
+
+/// State shared by every request of one shim.
+pub(crate) struct Shared {
+    pub namespace: String,
+    pub config: Result<Config, String>,
+    pub events: Events,
+    /// `/run/firedoor/<namespace>/<shim id>`: the shared directory and the
+    /// VM's run directory.
+    pub state_dir: PathBuf,
+    pub sandbox: SandboxSlot,
+    pub containers: Mutex<HashMap<String, Container>>,
+    pub exit: Arc<ExitSignal>,
+}
+
+impl Shared {
+    pub fn containers(&self) -> MutexGuard<'_, HashMap<String, Container>> {
+        self.containers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The process `exec_id` (empty: init) of container `id`.
+    pub fn process(&self, id: &str, exec_id: &str) -> TtrpcResult<Arc<Process>> {
+        let containers = self.containers();
+        let container = containers
+            .get(id)
+            .ok_or_else(|| status(Code::NOT_FOUND, format!("container {id} not found")))?;
+        if exec_id.is_empty() {
+            return Ok(container.init.clone());
+        }
+        container.execs.get(exec_id).cloned().ok_or_else(|| {
+            status(
+                Code::NOT_FOUND,
+                format!("process {exec_id} of container {id} not found"),
+            )
+        })
+    }
+}
+
+/// A ttrpc error with a status code for containerd.
+pub(crate) fn status(code: Code, message: impl Display) -> TtrpcError {
+    TtrpcError::RpcStatus(containerd_shim::protos::ttrpc::get_status(
+        code,
+        message.to_string(),
+    ))
+}
+
+/// An error from the agent, with what we were doing; the agent's status
+/// code (NOT_FOUND, INVALID_ARGUMENT, ...) goes through to containerd.
+pub(crate) fn agent_error(doing: &str, e: TtrpcError) -> TtrpcError {
+    match e {
+        TtrpcError::RpcStatus(s) => status(s.code(), format!("{doing}: {}", s.message())),
+        other => status(
+            Code::UNAVAILABLE,
+            format!("{doing}: the guest agent is unreachable ({other})"),
+        ),
+    }
+}
+
+/// An internal failure, with its whole context chain.
+pub(crate) fn internal(e: anyhow::Error) -> TtrpcError {
+    status(Code::INTERNAL, format!("{e:#}"))
+}
+
+#[derive(Clone)]
+pub struct TaskService {
+    shared: Arc<Shared>,
+}
+
+impl TaskService {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        TaskService { shared }
+    }
+}
+
+impl Task for TaskService {
+    fn create(
+        &self,
+        _: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        container_create::create(&self.shared, req)
+    }
+
+    fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        process_start::start(&self.shared, req)
+    }
+
+    fn delete(
+        &self,
+        _: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        container_delete::delete(&self.shared, req)
+    }
+
+    fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
+        process_exec::exec(&self.shared, req)
+    }
+
+    fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
+        process_kill::kill(&self.shared, req)
+    }
+
+    fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        process_wait::wait(&self.shared, req)
+    }
+
+    fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+        process_state::state(&self.shared, req)
+    }
+
+    fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        process_state::pids(&self.shared, req)
+    }
+
+    fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
+        container_pause::pause(&self.shared, &req.id)
+    }
+
+    fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
+        container_pause::resume(&self.shared, &req.id)
+    }
+
+    fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        container_stats::stats(&self.shared, req)
+    }
+
+    fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
+        container_update::update(&self.shared, req)
+    }
+
+    fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
+        process_io::resize_pty(&self.shared, req)
+    }
+
+    fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
+        process_io::close_io(&self.shared, req)
+    }
+
+    fn checkpoint(&self, _: &TtrpcContext, _: api::CheckpointTaskRequest) -> TtrpcResult<Empty> {
+        Err(status(
+            Code::UNIMPLEMENTED,
+            "checkpoint is not supported by Firedoor",
+        ))
+    }
+
+    fn connect(
+        &self,
+        _: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        shim_lifecycle::connect(&self.shared, req)
+    }
+
+    fn shutdown(&self, _: &TtrpcContext, req: api::ShutdownRequest) -> TtrpcResult<Empty> {
+        shim_lifecycle::shutdown(&self.shared, req)
+    }
+}

@@ -1,0 +1,94 @@
+//! Wait, and the thread per running process that learns its exit from the
+//! guest and reports it.
+
+use std::{sync::Arc, thread, time::Duration};
+
+use containerd_shim::{api, TtrpcResult};
+use firedoor_protocol::{
+    agent::{ContainerRequest, ProcessRequest},
+    agent_ttrpc::AgentClient,
+};
+use log::{debug, warn};
+
+use super::{
+    process::VM_GONE_STATUS,
+    sandbox_vm::{oom_killed, report_oom},
+    ExitInfo, Process, Shared,
+};
+use crate::sandbox::{ctx, RPC_TIMEOUT};
+
+/// How long the output streams may trail the exit before it is reported.
+const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(super) fn wait(shared: &Shared, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+    let process = shared.process(&req.id, &req.exec_id)?;
+    let exit = process.wait();
+    Ok(api::WaitResponse {
+        exit_status: exit.status,
+        exited_at: Some(exit.timestamp()).into(),
+        ..Default::default()
+    })
+}
+
+/// Waits in the guest for `process` to exit, lets its output drain, reports
+/// an OOM kill of the container's init first, then the exit.
+pub(super) fn spawn_waiter(shared: &Arc<Shared>, agent: AgentClient, process: Arc<Process>) {
+    let shared = shared.clone();
+    let name = format!("wait-{}", process.pid());
+    let spawned = thread::Builder::new().name(name).spawn(move || {
+        let request = ProcessRequest {
+            container_id: process.container_id.clone(),
+            exec_id: process.exec_id.clone(),
+            ..Default::default()
+        };
+        // No deadline: processes run for as long as they like.
+        let exit = match agent.wait_process(ttrpc::context::Context::default(), &request) {
+            Ok(reply) => ExitInfo::from_unix_nanos(reply.exit_status, reply.exited_at_unix_nanos),
+            Err(e) => {
+                warn!(
+                    "waiting for {}/{}: {e}",
+                    process.container_id, process.exec_id
+                );
+                ExitInfo::now(VM_GONE_STATUS)
+            }
+        };
+        if let Some(io) = process
+            .io
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            if !io.wait_outputs(OUTPUT_DRAIN_TIMEOUT) {
+                warn!(
+                    "output of {}/{} still open {OUTPUT_DRAIN_TIMEOUT:?} after exit",
+                    process.container_id, process.exec_id
+                );
+            }
+        }
+        if process.exec_id.is_empty() {
+            let stats = agent.stats_container(
+                ctx(RPC_TIMEOUT),
+                &ContainerRequest {
+                    container_id: process.container_id.clone(),
+                    ..Default::default()
+                },
+            );
+            match stats {
+                Ok(stats) if oom_killed(&stats) => report_oom(&shared, &process.container_id),
+                Ok(_) => {}
+                Err(e) => debug!("stats after exit of {}: {e}", process.container_id),
+            }
+        }
+        if process.set_exited(exit) {
+            shared.events.exit(
+                &process.container_id,
+                &process.exec_id,
+                process.pid(),
+                &exit,
+            );
+        }
+    });
+    if let Err(e) = spawned {
+        warn!("cannot start a wait thread: {e}");
+    }
+}

@@ -1,0 +1,272 @@
+//! The shim's one sandbox VM: booted with the first container, watched for
+//! an unexpected exit, and shut down with the last container.
+
+use std::{
+    fs,
+    os::fd::AsFd,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread,
+};
+
+use anyhow::Context;
+use containerd_shim::protos::ttrpc::Code;
+use firedoor_hypervisor::{host, VmSpec, SHARED_FS_TAG};
+use firedoor_protocol::agent::{CreateSandboxRequest, GetOOMEventRequest, StatsContainerResponse};
+use log::{error, info, warn};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use super::{process::VM_GONE_STATUS, status, ExitInfo, Shared};
+use crate::{
+    assets, backends,
+    config::Config,
+    mount,
+    sandbox::{ctx, Sandbox, RPC_TIMEOUT},
+};
+
+/// Where the guest sees the shared directory.
+pub const GUEST_SHARED_DIR: &str = "/run/firedoor/shared";
+
+/// Guest memory beyond the container's own limit.
+const MEMORY_OVERHEAD_MIB: u32 = 128;
+
+#[derive(Default)]
+pub(crate) struct SandboxSlot {
+    sandbox: Mutex<Option<Arc<Sandbox>>>,
+    /// Set while we stop the VM on purpose, so its exit is not a failure.
+    stopping: AtomicBool,
+    /// Set once the VM has died under us.
+    dead: AtomicBool,
+}
+
+impl SandboxSlot {
+    pub fn get(&self) -> Option<Arc<Sandbox>> {
+        self.sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The running sandbox, or an UNAVAILABLE error that says why not.
+    pub fn running(&self) -> containerd_shim::TtrpcResult<Arc<Sandbox>> {
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(status(Code::UNAVAILABLE, "the sandbox VM has exited"));
+        }
+        self.get()
+            .ok_or_else(|| status(Code::UNAVAILABLE, "the sandbox VM is not running"))
+    }
+
+    /// The running sandbox, booting it first if this is the first container.
+    pub fn get_or_boot(
+        shared: &Arc<Shared>,
+        memory_limit_mib: Option<u32>,
+        hostname: &str,
+    ) -> anyhow::Result<Arc<Sandbox>> {
+        let slot = &shared.sandbox;
+        let mut guard = slot.sandbox.lock().unwrap_or_else(|e| e.into_inner());
+        anyhow::ensure!(
+            !slot.dead.load(Ordering::SeqCst),
+            "the sandbox VM has exited"
+        );
+        if let Some(sandbox) = guard.as_ref() {
+            return Ok(sandbox.clone());
+        }
+        let config = shared.config.clone().map_err(anyhow::Error::msg)?;
+        let spec = vm_spec(&config, &shared.state_dir, memory_limit_mib)?;
+        let sandbox = boot_watched(shared, &config, spec)?;
+        let setup = CreateSandboxRequest {
+            sandbox_id: shared
+                .state_dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+            hostname: hostname.into(),
+            shared_fs_tag: SHARED_FS_TAG.into(),
+            ..Default::default()
+        };
+        if let Err(e) = sandbox.agent().create_sandbox(ctx(RPC_TIMEOUT), &setup) {
+            slot.stopping.store(true, Ordering::SeqCst);
+            let _ = sandbox.shutdown();
+            return Err(anyhow::anyhow!("setting up the guest: {e}"));
+        }
+        spawn_oom_watcher(shared.clone(), sandbox.clone());
+        *guard = Some(sandbox.clone());
+        Ok(sandbox)
+    }
+
+    /// Stops the VM (if any) and removes everything the sandbox used.
+    pub fn shut_down(&self, state_dir: &Path) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let sandbox = self
+            .sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(sandbox) = sandbox {
+            match sandbox.shutdown() {
+                Ok((status, killed)) => info!(
+                    "sandbox VM stopped ({status}{})",
+                    if killed { ", killed" } else { "" }
+                ),
+                Err(e) => warn!("stopping the sandbox VM: {e:#}"),
+            }
+        }
+        mount::unmount_all_under(state_dir);
+        if let Err(e) = fs::remove_dir_all(state_dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!("removing {}: {e}", state_dir.display());
+            }
+        }
+    }
+}
+
+fn vm_spec(
+    config: &Config,
+    state_dir: &Path,
+    memory_limit_mib: Option<u32>,
+) -> anyhow::Result<VmSpec> {
+    let kernel = assets::find_kernel(Config::explicit(&config.kernel)).path();
+    let initrd = assets::find_initrd(Config::explicit(&config.initrd)).path();
+    let mut spec = VmSpec::new(kernel, initrd);
+    spec.vcpus = config.vcpus;
+    spec.memory_mib = config.memory_mib + memory_limit_mib.map_or(0, |m| m + MEMORY_OVERHEAD_MIB);
+    spec.boot_timeout = config.boot_timeout();
+    spec.kernel_params = config.kernel_params.clone();
+    spec.run_base = state_dir.to_owned();
+    let shared_dir = state_dir.join("shared");
+    mount::make_shared_mount_point(&shared_dir)?;
+    spec.shared_dir = Some(shared_dir);
+    Ok(spec)
+}
+
+/// Boots in a thread that lives as long as the VMM: the VM's processes die
+/// with the thread that started them (PR_SET_PDEATHSIG), and ttrpc's worker
+/// threads come and go. The thread then watches for the VMM's exit.
+fn boot_watched(
+    shared: &Arc<Shared>,
+    config: &Config,
+    spec: VmSpec,
+) -> anyhow::Result<Arc<Sandbox>> {
+    let kvm = host::probe_kvm();
+    let kind = config
+        .backend_kind()?
+        .unwrap_or_else(|| backends::default_kind(&kvm));
+    let backend = backends::create_with(kind, &kvm, config)?;
+    let (tx, rx) = mpsc::channel();
+    let watcher_shared = Arc::downgrade(shared);
+    thread::Builder::new()
+        .name("sandbox-vm".into())
+        .spawn(move || {
+            let sandbox = match Sandbox::boot(backend.as_ref(), &spec) {
+                Ok(sandbox) => Arc::new(sandbox),
+                Err(e) => return drop(tx.send(Err(e))),
+            };
+            let exit_fd = sandbox.vm().exit_notifier();
+            record_pids(&spec.run_base, &sandbox);
+            let _ = tx.send(Ok(sandbox));
+            let Ok(exit_fd) = exit_fd else { return };
+            let mut fds = [PollFd::new(exit_fd.as_fd(), PollFlags::POLLIN)];
+            while let Err(nix::Error::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
+            if let Some(shared) = watcher_shared.upgrade() {
+                vm_exited(&shared);
+            }
+        })
+        .context("starting the sandbox thread")?;
+    rx.recv().context("the sandbox thread died")?
+}
+
+/// PIDs of the VM's processes, for `shim delete` after a shim crash.
+pub const PIDS_FILE: &str = "vm.pids";
+
+fn record_pids(state_dir: &Path, sandbox: &Sandbox) {
+    let vm = sandbox.vm();
+    let pids: Vec<String> = std::iter::once(vm.vmm_pid())
+        .chain(vm.helper_pids())
+        .map(|p| p.to_string())
+        .collect();
+    if let Err(e) = fs::write(state_dir.join(PIDS_FILE), pids.join("\n")) {
+        warn!("recording the VM's PIDs: {e}");
+    }
+}
+
+/// The VMM exited while we did not stop it: every process of the sandbox
+/// is gone with it.
+fn vm_exited(shared: &Shared) {
+    let slot = &shared.sandbox;
+    if slot.stopping.load(Ordering::SeqCst) {
+        return;
+    }
+    slot.dead.store(true, Ordering::SeqCst);
+    let console = slot
+        .get()
+        .map(|s| s.vm().console_tail(20))
+        .unwrap_or_default();
+    error!("the sandbox VM exited unexpectedly; last console lines:\n{console}");
+    let processes: Vec<_> = shared
+        .containers()
+        .values()
+        .flat_map(|c| std::iter::once(c.init.clone()).chain(c.execs.values().cloned()))
+        .collect();
+    for process in processes {
+        if process.phase() == super::process::Phase::Created && process.pid() == 0 {
+            continue;
+        }
+        let exit = ExitInfo::now(VM_GONE_STATUS);
+        if process.set_exited(exit) {
+            shared.events.exit(
+                &process.container_id,
+                &process.exec_id,
+                process.pid(),
+                &exit,
+            );
+        }
+    }
+}
+
+/// Long-polls the agent for OOM kills and publishes TaskOOM (once per
+/// container; the exit path publishes it first when init was the victim).
+fn spawn_oom_watcher(shared: Arc<Shared>, sandbox: Arc<Sandbox>) {
+    let agent = sandbox.agent().clone();
+    drop(sandbox);
+    let shared = Arc::downgrade(&shared);
+    let spawned = thread::Builder::new()
+        .name("oom-events".into())
+        .spawn(move || loop {
+            let event = match agent.get_oom_event(
+                ttrpc::context::Context::default(),
+                &GetOOMEventRequest::default(),
+            ) {
+                Ok(event) => event,
+                Err(e) => {
+                    log::debug!("OOM event stream ended: {e}");
+                    return;
+                }
+            };
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            report_oom(&shared, &event.container_id);
+        });
+    if let Err(e) = spawned {
+        warn!("cannot watch OOM events: {e}");
+    }
+}
+
+/// Publishes TaskOOM for `id` unless it already went out.
+pub(crate) fn report_oom(shared: &Shared, id: &str) {
+    let flag = shared.containers().get(id).map(|c| c.oom_reported.clone());
+    if let Some(flag) = flag {
+        if !flag.swap(true, Ordering::SeqCst) {
+            shared.events.oom(id);
+        }
+    }
+}
+
+/// Whether the container's cgroup saw an OOM kill.
+pub(crate) fn oom_killed(stats: &StatsContainerResponse) -> bool {
+    stats.memory.as_ref().is_some_and(|m| m.oom_kill > 0)
+}

@@ -1,0 +1,31 @@
+//! Connect and Shutdown.
+
+use containerd_shim::{api, api::Empty, TtrpcResult};
+use log::info;
+
+use super::Shared;
+
+pub(super) fn connect(
+    shared: &Shared,
+    req: api::ConnectRequest,
+) -> TtrpcResult<api::ConnectResponse> {
+    let task_pid = shared.containers().get(&req.id).map_or(0, |c| c.init.pid());
+    Ok(api::ConnectResponse {
+        shim_pid: std::process::id(),
+        task_pid,
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    })
+}
+
+/// containerd asks every shim to shut down once its task is deleted; the
+/// shim of a pod keeps running while other containers remain.
+pub(super) fn shutdown(shared: &Shared, req: api::ShutdownRequest) -> TtrpcResult<Empty> {
+    if !shared.containers().is_empty() && !req.now {
+        return Ok(Empty::default());
+    }
+    info!("shutting down");
+    shared.sandbox.shut_down(&shared.state_dir);
+    shared.exit.signal();
+    Ok(Empty::default())
+}
