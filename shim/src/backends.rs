@@ -1,13 +1,24 @@
 //! Choosing a hypervisor backend for this host.
 
-use firedoor_hypervisor::{host::KvmKind, Backend, BackendKind, QemuBackend};
+use firedoor_hypervisor::{
+    builtin::FIREDOOR_VMM, host, host::KvmKind, Backend, BackendKind, BuiltinBackend, QemuBackend,
+};
 
 use crate::config::Config;
 
 /// The backend to use when none is named: the built-in VMM on hardware KVM
-/// once it exists, otherwise QEMU (with KVM or TCG as the host allows).
-pub fn default_kind(_kvm: &KvmKind) -> BackendKind {
-    BackendKind::Qemu
+/// when `firedoor-vmm` is installed, otherwise QEMU (with KVM or TCG as the
+/// host allows).
+pub fn default_kind(kvm: &KvmKind) -> BackendKind {
+    default_kind_with(kvm, host::find_program(FIREDOOR_VMM).is_some())
+}
+
+fn default_kind_with(kvm: &KvmKind, have_vmm: bool) -> BackendKind {
+    if kvm.boots_linux() && have_vmm {
+        BackendKind::Builtin
+    } else {
+        BackendKind::Qemu
+    }
 }
 
 /// Why a backend cannot run a Linux guest on this host, if it cannot.
@@ -17,9 +28,7 @@ pub fn unusable_reason(kind: BackendKind, kvm: &KvmKind) -> Option<String> {
         BackendKind::Builtin if !kvm.boots_linux() => Some(format!(
             "needs hardware KVM (VT-x or AMD-V); this host has {kvm}: use the qemu backend"
         )),
-        BackendKind::Builtin => {
-            Some("the built-in VMM is not part of this build yet: use the qemu backend".into())
-        }
+        BackendKind::Builtin => BuiltinBackend::detect().err().map(|e| e.to_string()),
     }
 }
 
@@ -62,9 +71,34 @@ pub fn create_with(
                 });
             Ok(Box::new(backend))
         }
-        BackendKind::Builtin => Err(anyhow::anyhow!(
-            "the builtin backend cannot run here: {}",
-            unusable_reason(kind, kvm).unwrap_or_default()
-        )),
+        BackendKind::Builtin => match unusable_reason(kind, kvm) {
+            Some(why) => Err(anyhow::anyhow!(
+                "the builtin backend cannot run here: {why}"
+            )),
+            None => Ok(Box::new(BuiltinBackend::detect()?)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AMD_V: KvmKind = KvmKind::Hardware { extension: "AMD-V" };
+
+    #[test]
+    fn builtin_is_the_default_only_on_hardware_kvm_with_the_vmm() {
+        assert_eq!(default_kind_with(&AMD_V, true), BackendKind::Builtin);
+        assert_eq!(default_kind_with(&AMD_V, false), BackendKind::Qemu);
+        assert_eq!(default_kind_with(&KvmKind::Pvm, true), BackendKind::Qemu);
+        assert_eq!(default_kind_with(&KvmKind::Absent, true), BackendKind::Qemu);
+    }
+
+    #[test]
+    fn builtin_without_hardware_kvm_says_why() {
+        let why = unusable_reason(BackendKind::Builtin, &KvmKind::Pvm).unwrap();
+        assert!(why.contains("needs hardware KVM"), "{why}");
+        let err = create(BackendKind::Builtin, &KvmKind::Pvm).err().unwrap();
+        assert!(err.to_string().contains("use the qemu backend"), "{err}");
     }
 }

@@ -8,6 +8,9 @@ use std::{
 
 use firedoor_hypervisor::VmSpec;
 
+pub mod containerd;
+pub mod image;
+
 /// The workspace root (this crate lives in `<root>/tests`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -57,7 +57,13 @@ pub(super) fn create(
 
     // Everything made from here on is undone if a later step fails.
     let mut undo = Undo::default();
-    let rootfs = bundle.join("rootfs");
+    // root.path is relative to the bundle unless absolute (`ctr run --rootfs`).
+    let root_path = oci
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .unwrap_or_else(|| "rootfs".into());
+    let rootfs = bundle.join(root_path);
     if !req.rootfs.is_empty() {
         mount::mount_rootfs(&req.rootfs, &rootfs).map_err(internal)?;
         undo.rootfs = Some(rootfs.clone());

@@ -94,12 +94,18 @@ pub(crate) fn status(code: Code, message: impl Display) -> TtrpcError {
 /// An error from the agent, with what we were doing; the agent's status
 /// code (NOT_FOUND, INVALID_ARGUMENT, ...) goes through to containerd.
 pub(crate) fn agent_error(doing: &str, e: TtrpcError) -> TtrpcError {
+    let code = match &e {
+        TtrpcError::RpcStatus(s) => s.code(),
+        _ => Code::UNAVAILABLE,
+    };
+    status(code, format!("{doing}: {}", describe(&e)))
+}
+
+/// A ttrpc error as a person reads it.
+pub(crate) fn describe(e: &TtrpcError) -> String {
     match e {
-        TtrpcError::RpcStatus(s) => status(s.code(), format!("{doing}: {}", s.message())),
-        other => status(
-            Code::UNAVAILABLE,
-            format!("{doing}: the guest agent is unreachable ({other})"),
-        ),
+        TtrpcError::RpcStatus(s) => s.message().to_string(),
+        other => format!("the guest agent is unreachable ({other})"),
     }
 }
 

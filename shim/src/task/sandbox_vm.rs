@@ -91,7 +91,10 @@ impl SandboxSlot {
         if let Err(e) = sandbox.agent().create_sandbox(ctx(RPC_TIMEOUT), &setup) {
             slot.stopping.store(true, Ordering::SeqCst);
             let _ = sandbox.shutdown();
-            return Err(anyhow::anyhow!("setting up the guest: {e}"));
+            return Err(anyhow::anyhow!(
+                "setting up the guest: {}",
+                super::describe(&e)
+            ));
         }
         spawn_oom_watcher(shared.clone(), sandbox.clone());
         *guard = Some(sandbox.clone());

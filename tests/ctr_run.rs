@@ -1,0 +1,353 @@
+//! Firedoor through real containerd and `ctr`, as a user runs it: Debian's
+//! containerd 1.6 on a private socket, the busybox image built locally, the
+//! qemu backend (TCG on this host).
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use firedoor_tests::{
+    containerd::{Containerd, RUNTIME},
+    image::BUSYBOX_IMAGE,
+    processes_mentioning,
+};
+
+/// The shim's per-sandbox state (shared dir, VM run dir) for namespace
+/// "default".
+fn state_dir(id: &str) -> PathBuf {
+    Path::new("/run/firedoor/default").join(id)
+}
+
+/// Nothing of sandbox `id` is left: no process naming its state dir, no
+/// state dir, no shim, no container.
+fn assert_sandbox_gone(ctrd: &Containerd, id: &str) {
+    let dir = state_dir(id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (!processes_mentioning(&dir).is_empty() || dir.exists() || !ctrd.shim_pids().is_empty())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        processes_mentioning(&dir),
+        vec![],
+        "VM processes left behind"
+    );
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert_eq!(ctrd.shim_pids(), Vec::<u32>::new(), "shim left behind");
+    let containers = ctrd.ctr_ok(&["containers", "ls", "-q"]);
+    assert!(
+        !containers.contains(id),
+        "container {id} left: {containers}"
+    );
+}
+
+fn run_rm(ctrd: &Containerd, id: &str, args: &[&str]) -> std::process::Output {
+    let mut full = vec!["run", "--runtime", RUNTIME, "--rm", BUSYBOX_IMAGE, id];
+    full.extend_from_slice(args);
+    ctrd.ctr_command(&full)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn run_rm_echo_prints_and_exits_zero() {
+    let ctrd = Containerd::start();
+    let out = run_rm(&ctrd, "fd-echo", &["echo", "hello from the microVM"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        ctrd.log_tail(30)
+    );
+    assert_eq!(text(&out.stdout), "hello from the microVM\n");
+    assert_sandbox_gone(&ctrd, "fd-echo");
+}
+
+#[test]
+fn exit_code_propagates() {
+    let ctrd = Containerd::start();
+    let out = run_rm(
+        &ctrd,
+        "fd-exit",
+        &["sh", "-c", "echo out; echo err >&2; exit 3"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert!(text(&out.stderr).contains("err"), "{}", text(&out.stderr));
+    assert_sandbox_gone(&ctrd, "fd-exit");
+}
+
+#[test]
+fn stdin_is_forwarded_and_closed() {
+    let ctrd = Containerd::start();
+    let mut child = ctrd
+        .ctr_command(&[
+            "run",
+            "--runtime",
+            RUNTIME,
+            "--rm",
+            BUSYBOX_IMAGE,
+            "fd-stdin",
+            "sh",
+            "-c",
+            "cat; echo done",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"line one\nline two\n").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "line one\nline two\ndone\n");
+    assert_sandbox_gone(&ctrd, "fd-stdin");
+}
+
+#[test]
+fn tty_gives_a_terminal_of_the_callers_size() {
+    let ctrd = Containerd::start();
+    // `ctr run -t` needs a terminal: give it one with script(1).
+    let ctr = format!(
+        "stty rows 33 cols 101; /usr/bin/ctr --address {} run -t --runtime {RUNTIME} --rm {BUSYBOX_IMAGE} fd-tty sh -c 'stty size; tty'",
+        ctrd.address().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &ctr, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("33 101"), "{stdout:?}");
+    assert!(stdout.contains("/dev/pts/"), "{stdout:?}");
+    assert_sandbox_gone(&ctrd, "fd-tty");
+}
+
+fn wait_status(ctrd: &Containerd, id: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let tasks = ctrd.ctr_ok(&["task", "ls"]);
+        if tasks.lines().any(|l| l.starts_with(id) && l.contains(want)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task {id} never became {want}:\n{tasks}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn detached_task_exec_ps_pause_resume_metrics_kill_delete() {
+    let ctrd = Containerd::start();
+    let id = "fd-detached";
+    ctrd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX_IMAGE,
+        id,
+        "sleep",
+        "1000",
+    ]);
+    wait_status(&ctrd, id, "RUNNING");
+
+    let out = ctrd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        id,
+        "sh",
+        "-c",
+        "echo from exec; hostname",
+    ]);
+    assert!(out.starts_with("from exec\n"), "{out}");
+    let out = ctrd.ctr(&["task", "exec", "--exec-id", "e2", id, "sh", "-c", "exit 5"]);
+    assert_eq!(out.status.code(), Some(5));
+
+    let ps = ctrd.ctr_ok(&["task", "ps", id]);
+    assert!(ps.lines().count() >= 2, "{ps}");
+
+    ctrd.ctr_ok(&["task", "pause", id]);
+    wait_status(&ctrd, id, "PAUSED");
+    ctrd.ctr_ok(&["task", "resume", id]);
+    wait_status(&ctrd, id, "RUNNING");
+
+    let metrics = ctrd.ctr_ok(&["task", "metrics", id]);
+    assert!(
+        metrics.contains("memory.usage_in_bytes") || metrics.contains("memory"),
+        "{metrics}"
+    );
+
+    ctrd.ctr_ok(&["task", "kill", "-s", "SIGTERM", id]);
+    wait_status(&ctrd, id, "STOPPED");
+    ctrd.ctr_ok(&["task", "delete", id]);
+    ctrd.ctr_ok(&["containers", "rm", id]);
+    assert_sandbox_gone(&ctrd, id);
+}
+
+#[test]
+fn two_containers_of_a_pod_share_one_vm() {
+    let ctrd = Containerd::start();
+    let pod = "fd-pod";
+    let annotation = format!("io.kubernetes.cri.sandbox-id={pod}");
+    for id in [pod, "fd-pod-app"] {
+        ctrd.ctr_ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            &annotation,
+            BUSYBOX_IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ]);
+        wait_status(&ctrd, id, "RUNNING");
+    }
+    assert_eq!(ctrd.shim_pids().len(), 1, "one shim per pod");
+    let vm_processes = processes_mentioning(&state_dir(pod));
+    let vmms = vm_processes
+        .iter()
+        .filter(|(_, c)| c.contains("qemu-system"))
+        .count();
+    assert_eq!(vmms, 1, "one VM per pod: {vm_processes:?}");
+    // Each container has its own pid namespace: only its own sleep.
+    let ps = ctrd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "ps",
+        "fd-pod-app",
+        "ps",
+        "-o",
+        "pid,args",
+    ]);
+    assert_eq!(ps.matches("sleep 1000").count(), 1, "{ps}");
+    for id in ["fd-pod-app", pod] {
+        ctrd.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
+        wait_status(&ctrd, id, "STOPPED");
+        ctrd.ctr_ok(&["task", "delete", id]);
+        ctrd.ctr_ok(&["containers", "rm", id]);
+    }
+    assert_sandbox_gone(&ctrd, pod);
+}
+
+#[test]
+fn command_missing_from_the_image_fails_cleanly() {
+    let ctrd = Containerd::start();
+    let out = run_rm(&ctrd, "fd-nocmd", &["/bin/no-such-command"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no-such-command"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_sandbox_gone(&ctrd, "fd-nocmd");
+}
+
+#[test]
+fn bad_config_json_fails_naming_the_problem() {
+    let ctrd = Containerd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("config.json");
+    fs::write(
+        &spec,
+        r#"{"ociVersion": "1.0.2", "process": {"user": {"uid": 0, "gid": 0}, "args": [], "cwd": "/"}, "root": {"path": "rootfs"}}"#,
+    )
+    .unwrap();
+    let out = ctrd
+        .ctr_command(&[
+            "run",
+            "--runtime",
+            RUNTIME,
+            "--rm",
+            "--config",
+            spec.to_str().unwrap(),
+            "fd-badspec",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("process.args is empty"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_sandbox_gone(&ctrd, "fd-badspec");
+}
+
+#[test]
+fn missing_kernel_fails_naming_the_path() {
+    let ctrd = Containerd::start_with_config("kernel = \"/nonexistent/vmlinux\"\n");
+    let out = run_rm(&ctrd, "fd-nokernel", &["true"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("/nonexistent/vmlinux"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_sandbox_gone(&ctrd, "fd-nokernel");
+}
+
+#[test]
+fn guest_that_never_answers_times_out() {
+    let ctrd = Containerd::start_with_config(
+        "boot_timeout_secs = 5\nkernel_params = [\"firedoor.port=3000\"]\n",
+    );
+    let out = run_rm(&ctrd, "fd-timeout", &["true"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("did not answer"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_sandbox_gone(&ctrd, "fd-timeout");
+}
+
+#[test]
+fn vmm_killed_with_sigkill_ends_the_task_and_cleans_up() {
+    let ctrd = Containerd::start();
+    let id = "fd-vmkill";
+    ctrd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX_IMAGE,
+        id,
+        "sleep",
+        "1000",
+    ]);
+    wait_status(&ctrd, id, "RUNNING");
+    let pids = fs::read_to_string(state_dir(id).join("vm.pids")).unwrap();
+    let vmm: i32 = pids.lines().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vmm),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_status(&ctrd, id, "STOPPED");
+    let out = ctrd.ctr_ok(&["task", "delete", id]);
+    assert!(out.is_empty() || out.contains("137"), "{out}");
+    ctrd.ctr_ok(&["containers", "rm", id]);
+    assert_sandbox_gone(&ctrd, id);
+}

@@ -1,0 +1,178 @@
+//! A private containerd for one test: its own socket, root and state under
+//! a temp dir, Firedoor's shim on its PATH, stopped by PID with everything
+//! it left.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use firedoor_hypervisor::process::ManagedChild;
+
+use crate::{bin_dir, image, processes_mentioning};
+
+pub const RUNTIME: &str = "io.containerd.firedoor.v2";
+
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    daemon: Option<ManagedChild>,
+}
+
+impl Containerd {
+    /// Starts containerd and imports the busybox test image.
+    pub fn start() -> Containerd {
+        Self::start_with_config("")
+    }
+
+    /// As [`Containerd::start`], with `firedoor_config` as the shims'
+    /// Firedoor config file (`FIREDOOR_CONFIG`).
+    pub fn start_with_config(firedoor_config: &str) -> Containerd {
+        assert!(
+            Path::new("/usr/bin/containerd").is_file(),
+            "containerd is missing: apt-get install containerd (scripts/setup does)"
+        );
+        let shim = bin_dir().join("containerd-shim-firedoor-v2");
+        assert!(
+            shim.is_file(),
+            "{} is missing: run cargo build --workspace",
+            shim.display()
+        );
+        // Short path: socket paths are limited to 108 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("fd-ctrd-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let root = dir.path();
+        let config = format!(
+            r#"version = 2
+root = "{root}/root"
+state = "{root}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{root}/c.sock"
+[ttrpc]
+  address = "{root}/c.sock.ttrpc"
+[debug]
+  level = "debug"
+"#,
+            root = root.display()
+        );
+        fs::write(root.join("config.toml"), config).unwrap();
+        fs::write(root.join("firedoor.toml"), firedoor_config).unwrap();
+        let path = format!(
+            "{}:{}",
+            bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let daemon = ManagedChild::spawn(
+            "containerd",
+            Command::new("/usr/bin/containerd")
+                .arg("--config")
+                .arg(root.join("config.toml"))
+                .env("PATH", path)
+                .env("FIREDOOR_CONFIG", root.join("firedoor.toml")),
+            Some(&root.join("containerd.log")),
+        )
+        .unwrap();
+        let mut containerd = Containerd {
+            dir,
+            daemon: Some(daemon),
+        };
+        containerd.wait_ready();
+        let image = image::busybox_image_tar(containerd.dir.path());
+        containerd.ctr_ok(&["images", "import", image.to_str().unwrap()]);
+        containerd
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.ctr(&["version"]).status.success() {
+                return;
+            }
+            let daemon = self.daemon.as_mut().unwrap();
+            if let Some(status) = daemon.wait_timeout(Duration::from_millis(100)).unwrap() {
+                panic!("containerd exited ({status}):\n{}", self.log_tail(30));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not come up:\n{}",
+                self.log_tail(30)
+            );
+        }
+    }
+
+    pub fn address(&self) -> PathBuf {
+        self.dir.path().join("c.sock")
+    }
+
+    /// `ctr --address <ours> ARGS`, with whatever it printed.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_command(args).output().unwrap()
+    }
+
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("/usr/bin/ctr");
+        cmd.arg("--address").arg(self.address()).args(args);
+        cmd
+    }
+
+    /// Like `ctr`, but the command must succeed.
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed ({}):\nstdout: {}\nstderr: {}\ncontainerd log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail(40)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Shim processes serving this containerd (their command line names
+    /// its socket).
+    pub fn shim_pids(&self) -> Vec<u32> {
+        processes_mentioning(&self.address())
+            .into_iter()
+            .filter(|(_, cmdline)| cmdline.contains("containerd-shim-firedoor-v2"))
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Shims outlive containerd on purpose; ours must not outlive the test.
+        let leftovers = self.shim_pids();
+        if let Some(mut daemon) = self.daemon.take() {
+            let _ = daemon.terminate(Duration::from_secs(10));
+        }
+        for pid in leftovers {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        // Snapshot mounts under our root.
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&*self.dir.path().to_string_lossy()))
+            .collect();
+        ours.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for m in ours {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
