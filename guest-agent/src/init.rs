@@ -1,5 +1,6 @@
-//! PID 1 duties: the filesystems every process expects, and an orderly power
-//! off (sync, unmount, reboot(2)).
+//! PID 1 duties: a root that containers can pivot_root(2) away from, the
+//! filesystems every process expects, and an orderly power off (sync,
+//! unmount, reboot(2)).
 
 use std::{fs, os::unix::fs::symlink, path::Path};
 
@@ -24,6 +25,8 @@ pub enum InitError {
         path: &'static str,
         source: std::io::Error,
     },
+    #[error("moving the root to a tmpfs: {0}")]
+    SwitchRoot(String),
 }
 
 struct Mount {
@@ -88,6 +91,63 @@ const MOUNTS: &[Mount] = &[
         data: "mode=0755",
     },
 ];
+
+/// Whether `/` is the initramfs (the kernel's `rootfs`), which
+/// pivot_root(2) cannot leave: containers then could not pivot either.
+pub fn root_is_initramfs() -> Result<bool, InitError> {
+    let err = |what: &str, e: &dyn std::fmt::Display| InitError::SwitchRoot(format!("{what}: {e}"));
+    fs::create_dir_all("/proc").map_err(|e| err("creating /proc", &e))?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        NOSUID_NODEV_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| err("mounting /proc", &e))?;
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo");
+    umount2("/proc", MntFlags::MNT_DETACH).map_err(|e| err("unmounting /proc", &e))?;
+    let mountinfo = mountinfo.map_err(|e| err("reading mountinfo", &e))?;
+    Ok(mountinfo.lines().any(|line| {
+        let Some((mount, fs)) = line.split_once(" - ") else {
+            return false;
+        };
+        mount.split(' ').nth(4) == Some("/") && fs.starts_with("rootfs ")
+    }))
+}
+
+/// Copies /init onto a tmpfs, moves that over `/`, chroots into it and
+/// executes /init again (still PID 1), as switch_root does. The initramfs
+/// copy of the agent is deleted to give its memory back.
+pub fn switch_to_tmpfs_root() -> Result<std::convert::Infallible, InitError> {
+    let err = |what: &str, e: &dyn std::fmt::Display| InitError::SwitchRoot(format!("{what}: {e}"));
+    const NEW_ROOT: &str = "/newroot";
+    fs::create_dir_all(NEW_ROOT).map_err(|e| err("creating /newroot", &e))?;
+    mount(
+        Some("tmpfs"),
+        NEW_ROOT,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .map_err(|e| err("mounting tmpfs", &e))?;
+    for dir in ["dev", "proc", "sys", "tmp", "run", "mnt", "etc"] {
+        let path = Path::new(NEW_ROOT).join(dir);
+        fs::create_dir(&path).map_err(|e| err("creating directories", &e))?;
+    }
+    fs::copy("/init", "/newroot/init").map_err(|e| err("copying /init", &e))?;
+    let _ = fs::remove_file("/init");
+    nix::unistd::chdir(NEW_ROOT).map_err(|e| err("chdir", &e))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| err("moving the tmpfs over /", &e))?;
+    nix::unistd::chroot(".").map_err(|e| err("chroot", &e))?;
+    nix::unistd::chdir("/").map_err(|e| err("chdir", &e))?;
+    let args: Vec<std::ffi::CString> = std::env::args_os()
+        .filter_map(|a| std::ffi::CString::new(a.into_encoded_bytes()).ok())
+        .collect();
+    let e = nix::unistd::execv(c"/init", &args).unwrap_err();
+    Err(err("executing /init", &e))
+}
 
 /// Mounts the basic filesystems and lets the kernel turn Ctrl-Alt-Del into
 /// SIGINT for us instead of an immediate reboot.

@@ -1,12 +1,21 @@
 //! firedoor-agent: PID 1 of every Firedoor guest. It mounts the basic
-//! filesystems, reaps orphans, and serves the agent API (ttrpc) on vsock.
-//! It knows nothing about KVM or the VMM that runs it.
+//! filesystems, reaps orphans, serves the agent API (ttrpc) on vsock and
+//! runs the pod's OCI containers (through youki's libcontainer, in a helper
+//! process: see `helper`). It knows nothing about KVM or the VMM that runs it.
 
+pub mod cgroup;
 pub mod config;
+pub mod error;
+pub mod helper;
 pub mod init;
 pub mod logger;
+pub mod oom;
+pub mod runtime;
+pub mod sandbox;
 pub mod service;
 pub mod signals;
+pub mod spec;
+pub mod streams;
 
 use std::{fmt, time::Duration};
 

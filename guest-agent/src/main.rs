@@ -4,26 +4,55 @@
 //! the kernel command line and serves on vsock; when it cannot, it says why
 //! on the console and powers off, so the host sees the VM exit instead of a
 //! hang. Run as an ordinary process (`--listen unix:///path`) it serves the
-//! same API for tests, without touching the host's mounts or power.
+//! same API for tests, without touching the host's mounts or power: with
+//! `--stdio-listen` it runs containers too, from its own mount and UTS
+//! namespaces with a private cgroup2 mount.
 
 use std::{
+    path::PathBuf,
     process::ExitCode,
     sync::{mpsc, Arc},
+    thread,
+    time::Duration,
 };
 
 use firedoor_agent::{
     config::{self, AgentConfig},
-    init, logger,
+    helper, init, logger,
+    oom::OomEvents,
+    runtime::{Options, Runtime},
+    sandbox::{Sandbox, SandboxPaths},
     service::AgentService,
-    signals, uptime, ShutdownReason,
+    signals,
+    spec::Roots,
+    streams, uptime, ShutdownReason,
 };
-use firedoor_protocol::agent_ttrpc::create_agent;
-use log::{error, info, LevelFilter};
+use firedoor_protocol::{agent_ttrpc::create_agent, stdio::StreamHeader};
+use log::{debug, error, info, warn, LevelFilter};
+use nix::{
+    mount::{mount, MsFlags},
+    sched::{unshare, CloneFlags},
+};
 
-const USAGE: &str = "usage: firedoor-agent [--listen unix:///PATH|vsock://-1:PORT] [--log LEVEL]
+const USAGE: &str = "usage: firedoor-agent --listen unix:///PATH|vsock://-1:PORT [--log LEVEL]
+       [--stdio-listen unix:///PATH --state-dir DIR [--cgroup-root /firedoor] [--allowed-root DIR]...]
 As PID 1 the settings come from the kernel command line: firedoor.port=N firedoor.log=LEVEL";
 
+/// Guest paths (see agent.proto).
+const SHARED_DIR: &str = "/run/firedoor/shared";
+const DISKS_DIR: &str = "/run/firedoor/disks";
+const GUEST_STATE_DIR: &str = "/run/firedoor/agent";
+const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
+const DEFAULT_CGROUP_PARENT: &str = "/firedoor";
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if matches!(
+        args.get(1).map(String::as_str),
+        Some(helper::CREATE | helper::EXEC)
+    ) {
+        return helper::main(&args[1..]);
+    }
     logger::init(LevelFilter::Info);
     if std::process::id() == 1 {
         std::panic::set_hook(Box::new(|info| {
@@ -35,7 +64,7 @@ fn main() -> ExitCode {
         }
         init::power_off();
     }
-    match run_as_process(std::env::args().skip(1)) {
+    match run_as_process(args.into_iter().skip(1)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -46,18 +75,50 @@ fn main() -> ExitCode {
 
 type BoxError = Box<dyn std::error::Error>;
 
+/// What to serve and where.
+struct Serve {
+    listen: String,
+    containers: Option<(String, Options, SandboxPaths)>,
+}
+
 fn run_as_init() -> Result<(), BoxError> {
+    if init::root_is_initramfs()? {
+        init::switch_to_tmpfs_root()?;
+    }
     init::setup()?;
     let cmdline = std::fs::read_to_string("/proc/cmdline")?;
     let config = AgentConfig::from_cmdline(&cmdline)?;
     log::set_max_level(config.log_level);
-    let reason = serve(&format!("vsock://-1:{}", config.port))?;
+    let options = Options {
+        state_dir: GUEST_STATE_DIR.into(),
+        cgroup_mount: CGROUP_MOUNT.into(),
+        cgroup_parent: DEFAULT_CGROUP_PARENT.into(),
+        roots: Roots {
+            dirs: vec![SHARED_DIR.into(), DISKS_DIR.into()],
+            files: vec!["/etc/hosts".into(), "/etc/resolv.conf".into()],
+        },
+        no_pivot: false,
+        exe: "/proc/self/exe".into(),
+    };
+    let paths = SandboxPaths {
+        shared_dir: SHARED_DIR.into(),
+        etc_dir: "/etc".into(),
+    };
+    let stdio = format!("vsock://-1:{}", firedoor_protocol::stdio::port(config.port));
+    let reason = serve(Serve {
+        listen: format!("vsock://-1:{}", config.port),
+        containers: Some((stdio, options, paths)),
+    })?;
     info!("shutting down: {reason}");
     Ok(())
 }
 
 fn run_as_process(mut args: impl Iterator<Item = String>) -> Result<(), BoxError> {
     let mut listen = None;
+    let mut stdio = None;
+    let mut state_dir = None;
+    let mut cgroup_parent = DEFAULT_CGROUP_PARENT.to_string();
+    let mut allowed = Vec::new();
     while let Some(arg) = args.next() {
         let mut value = || {
             args.next()
@@ -65,6 +126,10 @@ fn run_as_process(mut args: impl Iterator<Item = String>) -> Result<(), BoxError
         };
         match arg.as_str() {
             "--listen" => listen = Some(value()?),
+            "--stdio-listen" => stdio = Some(value()?),
+            "--state-dir" => state_dir = Some(PathBuf::from(value()?)),
+            "--cgroup-root" => cgroup_parent = value()?,
+            "--allowed-root" => allowed.push(PathBuf::from(value()?)),
             "--log" => log::set_max_level(config::parse_level("--log", &value()?)?),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -74,29 +139,140 @@ fn run_as_process(mut args: impl Iterator<Item = String>) -> Result<(), BoxError
         }
     }
     let listen = listen.ok_or_else(|| format!("--listen is required when not PID 1\n{USAGE}"))?;
-    let reason = serve(&listen)?;
+    let containers = match stdio {
+        None => None,
+        Some(stdio) => {
+            let state_dir =
+                state_dir.ok_or_else(|| format!("--stdio-listen needs --state-dir\n{USAGE}"))?;
+            isolate_from_host()?;
+            let etc_dir = state_dir.join("etc");
+            let options = Options {
+                state_dir: state_dir.clone(),
+                cgroup_mount: CGROUP_MOUNT.into(),
+                cgroup_parent,
+                roots: Roots {
+                    dirs: allowed,
+                    files: vec![etc_dir.join("hosts"), etc_dir.join("resolv.conf")],
+                },
+                no_pivot: false,
+                exe: "/proc/self/exe".into(),
+            };
+            let paths = SandboxPaths {
+                shared_dir: state_dir.join("shared"),
+                etc_dir,
+            };
+            Some((stdio, options, paths))
+        }
+    };
+    let reason = serve(Serve { listen, containers })?;
     info!("exiting: {reason}");
     Ok(())
 }
 
-/// Serves the agent API on `addr` until a shutdown is requested.
-fn serve(addr: &str) -> Result<ShutdownReason, BoxError> {
+/// Host test mode: own mount and UTS namespaces (so sandbox mounts and the
+/// hostname stay private), cgroup2 mounted at /sys/fs/cgroup in them (the
+/// unified hierarchy, also on hybrid hosts), and adoption of the container
+/// processes whose parents exit (PID 1 does that in the guest).
+fn isolate_from_host() -> Result<(), BoxError> {
+    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)
+        .map_err(|e| format!("unshare: {e}"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("making mounts private: {e}"))?;
+    mount(
+        Some("cgroup2"),
+        CGROUP_MOUNT,
+        Some("cgroup2"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("mounting cgroup2 on {CGROUP_MOUNT}: {e}"))?;
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(format!(
+            "PR_SET_CHILD_SUBREAPER: {}",
+            std::io::Error::last_os_error()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Serves the agent API until a shutdown is requested, then removes every
+/// container.
+fn serve(what: Serve) -> Result<ShutdownReason, BoxError> {
     signals::block()?;
     let (shutdown_tx, shutdown_rx) = mpsc::channel();
     signals::spawn_handler(shutdown_tx.clone())?;
 
     let ready_ms = uptime().as_millis() as u64;
-    let service = Arc::new(AgentService::new(ready_ms, shutdown_tx));
+    let mut service = AgentService::new(ready_ms, shutdown_tx);
+    let mut runtime = None;
+    if let Some((stdio_addr, options, paths)) = what.containers {
+        let rt = Arc::new(Runtime::new(options, OomEvents::start())?);
+        let listener = streams::Listener::bind(&stdio_addr)
+            .map_err(|e| format!("listening on {stdio_addr}: {e}"))?;
+        let attach_rt = rt.clone();
+        thread::Builder::new()
+            .name("stdio".into())
+            .spawn(move || accept_streams(listener, attach_rt))?;
+        info!("stdio streams on {stdio_addr}");
+        service = service.with_containers(rt.clone(), Arc::new(Sandbox::new(paths)));
+        runtime = Some(rt);
+    }
+    let addr = what.listen;
     let mut server = ttrpc::Server::new()
-        .bind(addr)
+        .bind(&addr)
         .map_err(|e| format!("listening on {addr}: {e}"))?
-        .register_service(create_agent(service));
+        .register_service(create_agent(Arc::new(service)));
     server
         .start()
         .map_err(|e| format!("starting ttrpc server: {e}"))?;
     info!("ready on {addr} ({ready_ms} ms after boot)");
 
     let reason = shutdown_rx.recv()?;
+    if let Some(runtime) = runtime {
+        runtime.remove_all();
+    }
     server.shutdown();
     Ok(reason)
+}
+
+/// Reads each stream connection's header (bounded in time and size) and
+/// hands it to its process.
+fn accept_streams(listener: streams::Listener, runtime: Arc<Runtime>) {
+    loop {
+        let mut conn = match listener.accept() {
+            Ok(conn) => conn,
+            Err(e) => {
+                warn!("stdio accept: {e}");
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let runtime = runtime.clone();
+        let spawned = thread::Builder::new()
+            .name("stdio-attach".into())
+            .spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let header = match StreamHeader::read_from(&mut conn) {
+                    Ok(header) => header,
+                    Err(e) => {
+                        debug!("stdio connection: {e}");
+                        let _ = firedoor_protocol::stdio::reject(&mut conn, &e.to_string());
+                        return;
+                    }
+                };
+                let _ = conn.set_read_timeout(None);
+                runtime.attach(&header, conn);
+            });
+        if let Err(e) = spawned {
+            warn!("stdio thread: {e}");
+        }
+    }
 }

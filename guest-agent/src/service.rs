@@ -1,15 +1,16 @@
-//! The ttrpc `Agent` service.
+//! The ttrpc `Agent` service: validates nothing itself, maps every error
+//! to a status code in one place (`AgentError` -> `ttrpc::Error`).
 
-use std::sync::mpsc::Sender;
+use std::sync::{mpsc::Sender, Arc};
 
-use firedoor_protocol::{
-    agent::{CheckRequest, CheckResponse, Empty, ShutdownRequest},
-    agent_ttrpc::Agent,
-};
+use firedoor_protocol::agent::*;
+use firedoor_protocol::agent_ttrpc::Agent;
 use log::info;
 use ttrpc::TtrpcContext;
 
-use crate::ShutdownReason;
+use crate::{error::AgentError, runtime::Runtime, sandbox::Sandbox, ShutdownReason};
+
+type Reply<T> = ttrpc::Result<T>;
 
 /// Serves the agent API; `Shutdown` is handed to the main thread, which owns
 /// the orderly exit.
@@ -17,6 +18,12 @@ pub struct AgentService {
     boot_to_ready_ms: u64,
     kernel_release: String,
     shutdown: Sender<ShutdownReason>,
+    runtime: Option<Arc<Runtime>>,
+    sandbox: Option<Arc<Sandbox>>,
+}
+
+fn done<T: Default>(result: Result<(), AgentError>) -> Reply<T> {
+    result.map(|()| T::default()).map_err(Into::into)
 }
 
 impl AgentService {
@@ -29,12 +36,33 @@ impl AgentService {
             boot_to_ready_ms,
             kernel_release,
             shutdown,
+            runtime: None,
+            sandbox: None,
         }
+    }
+
+    /// Serves the container API with `runtime` and `sandbox`.
+    pub fn with_containers(mut self, runtime: Arc<Runtime>, sandbox: Arc<Sandbox>) -> Self {
+        self.runtime = Some(runtime);
+        self.sandbox = Some(sandbox);
+        self
+    }
+
+    fn runtime(&self) -> Result<&Runtime, AgentError> {
+        self.runtime
+            .as_deref()
+            .ok_or_else(|| AgentError::FailedPrecondition("containers are not served here".into()))
+    }
+
+    fn sandbox(&self) -> Result<&Sandbox, AgentError> {
+        self.sandbox
+            .as_deref()
+            .ok_or_else(|| AgentError::FailedPrecondition("sandboxes are not served here".into()))
     }
 }
 
 impl Agent for AgentService {
-    fn check(&self, _ctx: &TtrpcContext, _req: CheckRequest) -> ttrpc::Result<CheckResponse> {
+    fn check(&self, _ctx: &TtrpcContext, _req: CheckRequest) -> Reply<CheckResponse> {
         Ok(CheckResponse {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             kernel_release: self.kernel_release.clone(),
@@ -44,12 +72,142 @@ impl Agent for AgentService {
         })
     }
 
-    fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> Reply<Empty> {
         info!("shutdown requested by the host");
         self.shutdown
             .send(ShutdownReason::Requested)
             .map_err(|_| ttrpc::Error::Others("agent is already shutting down".into()))?;
         Ok(Empty::default())
+    }
+
+    fn create_sandbox(&self, _ctx: &TtrpcContext, req: CreateSandboxRequest) -> Reply<Empty> {
+        done(self.sandbox().and_then(|s| s.create(&req)))
+    }
+
+    fn destroy_sandbox(&self, _ctx: &TtrpcContext, _req: DestroySandboxRequest) -> Reply<Empty> {
+        done(self.runtime().map(Runtime::remove_all).and_then(|()| {
+            self.sandbox()?.destroy();
+            Ok(())
+        }))
+    }
+
+    fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> Reply<CreateContainerResponse> {
+        let pid = self.runtime()?.create(&req)?;
+        Ok(CreateContainerResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn start_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> Reply<Empty> {
+        done(self.runtime().and_then(|r| r.start(&req.container_id)))
+    }
+
+    fn remove_container(&self, _ctx: &TtrpcContext, req: RemoveContainerRequest) -> Reply<Empty> {
+        done(
+            self.runtime()
+                .and_then(|r| r.remove(&req.container_id, req.force)),
+        )
+    }
+
+    fn update_container(&self, _ctx: &TtrpcContext, req: UpdateContainerRequest) -> Reply<Empty> {
+        done(
+            self.runtime()
+                .and_then(|r| r.update(&req.container_id, &req.resources_json)),
+        )
+    }
+
+    fn pause_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> Reply<Empty> {
+        done(
+            self.runtime()
+                .and_then(|r| r.pause(&req.container_id, true)),
+        )
+    }
+
+    fn resume_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> Reply<Empty> {
+        done(
+            self.runtime()
+                .and_then(|r| r.pause(&req.container_id, false)),
+        )
+    }
+
+    fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> Reply<StatsContainerResponse> {
+        Ok(self.runtime()?.stats(&req.container_id)?)
+    }
+
+    fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> Reply<ListProcessesResponse> {
+        Ok(ListProcessesResponse {
+            pids: self.runtime()?.pids(&req.container_id)?,
+            ..Default::default()
+        })
+    }
+
+    fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> Reply<ExecProcessResponse> {
+        Ok(ExecProcessResponse {
+            pid: self.runtime()?.exec(&req)?,
+            ..Default::default()
+        })
+    }
+
+    fn signal_process(&self, _ctx: &TtrpcContext, req: SignalProcessRequest) -> Reply<Empty> {
+        done(
+            self.runtime()
+                .and_then(|r| r.signal(&req.container_id, &req.exec_id, req.signal, req.all)),
+        )
+    }
+
+    fn wait_process(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> Reply<WaitProcessResponse> {
+        let (exit_status, exited_at_unix_nanos) =
+            self.runtime()?.wait(&req.container_id, &req.exec_id)?;
+        Ok(WaitProcessResponse {
+            exit_status,
+            exited_at_unix_nanos,
+            ..Default::default()
+        })
+    }
+
+    fn remove_process(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> Reply<Empty> {
+        done(
+            self.runtime()
+                .and_then(|r| r.remove_process(&req.container_id, &req.exec_id)),
+        )
+    }
+
+    fn resize_tty(&self, _ctx: &TtrpcContext, req: ResizeTtyRequest) -> Reply<Empty> {
+        done(
+            self.runtime()
+                .and_then(|r| r.resize(&req.container_id, &req.exec_id, req.rows, req.columns)),
+        )
+    }
+
+    fn close_stdin(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> Reply<Empty> {
+        done(
+            self.runtime()
+                .and_then(|r| r.close_stdin(&req.container_id, &req.exec_id)),
+        )
+    }
+
+    fn get_oom_event(&self, _ctx: &TtrpcContext, _req: GetOOMEventRequest) -> Reply<OOMEvent> {
+        Ok(OOMEvent {
+            container_id: self.runtime()?.next_oom_event(),
+            ..Default::default()
+        })
     }
 }
 

@@ -1,0 +1,134 @@
+//! OOM kills: each container's `memory.events` is watched with inotify (the
+//! kernel reports changes of cgroup event files that way) and every new
+//! `oom_kill` is queued for GetOOMEvent. The init's exit path checks the
+//! counter too, so its OOM event is queued before its exit is published.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Condvar, Mutex},
+    thread,
+};
+
+use log::{debug, info, warn};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+
+use crate::cgroup::Cgroup;
+
+/// OOM kills of one container that have been queued.
+pub struct OomCounter {
+    id: String,
+    cgroup: Cgroup,
+    seen: Mutex<u64>,
+}
+
+impl OomCounter {
+    pub fn new(id: &str, cgroup: Cgroup) -> Arc<OomCounter> {
+        let seen = cgroup.oom_kills();
+        Arc::new(OomCounter {
+            id: id.into(),
+            cgroup,
+            seen: Mutex::new(seen),
+        })
+    }
+}
+
+pub struct OomEvents {
+    queue: Mutex<VecDeque<String>>,
+    ready: Condvar,
+    inotify: Option<Inotify>,
+    watches: Mutex<HashMap<WatchDescriptor, Arc<OomCounter>>>,
+}
+
+impl OomEvents {
+    /// Starts the watcher thread.
+    pub fn start() -> Arc<OomEvents> {
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC)
+            .map_err(|e| warn!("inotify: {e}; OOM kills are only seen at exit"))
+            .ok();
+        let events = Arc::new(OomEvents {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+            inotify,
+            watches: Mutex::new(HashMap::new()),
+        });
+        if events.inotify.is_some() {
+            let watcher = events.clone();
+            let spawned = thread::Builder::new()
+                .name("oom".into())
+                .spawn(move || watcher.run());
+            if let Err(e) = spawned {
+                warn!("starting the OOM watcher: {e}");
+            }
+        }
+        events
+    }
+
+    fn run(&self) {
+        let Some(inotify) = &self.inotify else { return };
+        loop {
+            let events = match inotify.read_events() {
+                Ok(events) => events,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    warn!("reading inotify events: {e}");
+                    return;
+                }
+            };
+            for event in events {
+                let counter = self.watches.lock().unwrap().get(&event.wd).cloned();
+                if let Some(counter) = counter {
+                    self.check(&counter);
+                }
+            }
+        }
+    }
+
+    pub fn watch(&self, counter: &Arc<OomCounter>) {
+        let Some(inotify) = &self.inotify else { return };
+        let file = counter.cgroup.file("memory.events");
+        match inotify.add_watch(&file, AddWatchFlags::IN_MODIFY) {
+            Ok(wd) => {
+                self.watches.lock().unwrap().insert(wd, counter.clone());
+            }
+            Err(e) => debug!("not watching {file:?} for OOM kills: {e}"),
+        }
+    }
+
+    pub fn unwatch(&self, counter: &Arc<OomCounter>) {
+        let mut watches = self.watches.lock().unwrap();
+        let wds: Vec<_> = watches
+            .iter()
+            .filter(|(_, c)| Arc::ptr_eq(c, counter))
+            .map(|(wd, _)| *wd)
+            .collect();
+        for wd in wds {
+            watches.remove(&wd);
+            if let Some(inotify) = &self.inotify {
+                // Fails harmlessly when the cgroup is already gone.
+                let _ = inotify.rm_watch(wd);
+            }
+        }
+    }
+
+    /// Queues one event if the container had an OOM kill since the last check.
+    pub fn check(&self, counter: &OomCounter) {
+        let now = counter.cgroup.oom_kills();
+        let mut seen = counter.seen.lock().unwrap();
+        if now > *seen {
+            *seen = now;
+            info!("OOM kill in container {}", counter.id);
+            self.queue.lock().unwrap().push_back(counter.id.clone());
+            self.ready.notify_all();
+        }
+    }
+
+    /// Waits for the next event.
+    pub fn next(&self) -> String {
+        let queue = self.queue.lock().unwrap();
+        let mut queue = self
+            .ready
+            .wait_while(queue, |q| q.is_empty())
+            .unwrap_or_else(|e| e.into_inner());
+        queue.pop_front().expect("waited for an event")
+    }
+}

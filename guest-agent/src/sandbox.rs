@@ -1,0 +1,195 @@
+//! Guest-wide setup for the pod: hostname, resolv.conf and hosts, the
+//! virtio-fs share and further mounts.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use firedoor_protocol::agent::{CreateSandboxRequest, Mount};
+use log::{info, warn};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::error::{AgentError, Result};
+
+/// Where the sandbox's files and the share go.
+#[derive(Debug, Clone)]
+pub struct SandboxPaths {
+    /// Mount point of the virtio-fs share (`/run/firedoor/shared`).
+    pub shared_dir: PathBuf,
+    /// Directory for `hosts` and `resolv.conf` (`/etc` in the guest).
+    pub etc_dir: PathBuf,
+}
+
+pub struct Sandbox {
+    paths: SandboxPaths,
+    /// Mounts made by CreateSandbox, in order; None before it.
+    mounts: Mutex<Option<Vec<PathBuf>>>,
+}
+
+impl Sandbox {
+    pub fn new(paths: SandboxPaths) -> Sandbox {
+        Sandbox {
+            paths,
+            mounts: Mutex::new(None),
+        }
+    }
+
+    pub fn create(&self, req: &CreateSandboxRequest) -> Result<()> {
+        let mut made = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
+        if made.is_some() {
+            return Err(AgentError::AlreadyExists(
+                "the sandbox already exists".into(),
+            ));
+        }
+        let mut mounts = Vec::new();
+        let result = self.create_in(req, &mut mounts);
+        if result.is_err() {
+            unmount(&mounts);
+        } else {
+            *made = Some(mounts);
+            info!("sandbox {} created", req.sandbox_id);
+        }
+        result
+    }
+
+    fn create_in(&self, req: &CreateSandboxRequest, mounts: &mut Vec<PathBuf>) -> Result<()> {
+        if !req.hostname.is_empty() {
+            let valid = req.hostname.len() <= 64
+                && req
+                    .hostname
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !valid {
+                return Err(AgentError::InvalidArgument(format!(
+                    "hostname {:?}: at most 64 of [A-Za-z0-9.-]",
+                    req.hostname
+                )));
+            }
+            nix::unistd::sethostname(&req.hostname)
+                .map_err(|e| AgentError::internal("sethostname", e))?;
+        }
+        for (name, contents) in [("resolv.conf", &req.resolv_conf), ("hosts", &req.hosts)] {
+            if !contents.is_empty() {
+                let path = self.paths.etc_dir.join(name);
+                fs::create_dir_all(&self.paths.etc_dir)
+                    .and_then(|()| fs::write(&path, contents))
+                    .map_err(|e| AgentError::internal(format!("writing {path:?}"), e))?;
+            }
+        }
+        if !req.shared_fs_tag.is_empty() {
+            let share = Mount {
+                source: req.shared_fs_tag.clone(),
+                destination: self.paths.shared_dir.display().to_string(),
+                fstype: "virtiofs".into(),
+                options: vec!["nosuid".into(), "nodev".into()],
+                ..Default::default()
+            };
+            mounts.push(make_mount(&share, "shared_fs_tag")?);
+        }
+        for (i, m) in req.mounts.iter().enumerate() {
+            mounts.push(make_mount(m, &format!("mounts[{i}]"))?);
+        }
+        Ok(())
+    }
+
+    /// Undoes CreateSandbox's mounts; the hostname and files stay.
+    pub fn destroy(&self) {
+        let mut made = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mounts) = made.take() {
+            unmount(&mounts);
+        }
+    }
+}
+
+fn unmount(mounts: &[PathBuf]) {
+    for target in mounts.iter().rev() {
+        if let Err(e) = umount2(target, MntFlags::MNT_DETACH) {
+            warn!("unmounting {target:?}: {e}");
+        }
+    }
+}
+
+/// Mount flags by option name; other options are passed to the filesystem.
+const FLAGS: &[(&str, MsFlags, bool)] = &[
+    ("ro", MsFlags::MS_RDONLY, true),
+    ("rw", MsFlags::MS_RDONLY, false),
+    ("nosuid", MsFlags::MS_NOSUID, true),
+    ("suid", MsFlags::MS_NOSUID, false),
+    ("nodev", MsFlags::MS_NODEV, true),
+    ("dev", MsFlags::MS_NODEV, false),
+    ("noexec", MsFlags::MS_NOEXEC, true),
+    ("exec", MsFlags::MS_NOEXEC, false),
+    ("noatime", MsFlags::MS_NOATIME, true),
+    ("relatime", MsFlags::MS_RELATIME, true),
+    ("bind", MsFlags::MS_BIND, true),
+    ("rbind", MsFlags::MS_BIND.union(MsFlags::MS_REC), true),
+];
+
+fn parse_options(options: &[String]) -> (MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for option in options {
+        match FLAGS.iter().find(|(name, _, _)| name == option) {
+            Some((_, flag, true)) => flags |= *flag,
+            Some((_, flag, false)) => flags &= !*flag,
+            None => data.push(option.as_str()),
+        }
+    }
+    (flags, data.join(","))
+}
+
+fn make_mount(m: &Mount, what: &str) -> Result<PathBuf> {
+    let target = Path::new(&m.destination);
+    if !target.is_absolute() {
+        return Err(AgentError::InvalidArgument(format!(
+            "{what}.destination {:?}: not an absolute path",
+            m.destination
+        )));
+    }
+    let (flags, data) = parse_options(&m.options);
+    fs::create_dir_all(target)
+        .map_err(|e| AgentError::internal(format!("creating {target:?}"), e))?;
+    mount(
+        Some(m.source.as_str()),
+        target,
+        Some(m.fstype.as_str()),
+        flags,
+        (!data.is_empty()).then_some(data.as_str()),
+    )
+    .map_err(|e| {
+        AgentError::Internal(format!(
+            "{what}: mounting {} ({}) on {target:?}: {e}",
+            m.source, m.fstype
+        ))
+    })?;
+    Ok(target.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_flags_from_data() {
+        let options: Vec<String> = ["ro", "nosuid", "size=64m", "mode=755", "rw"]
+            .map(String::from)
+            .to_vec();
+        let (flags, data) = parse_options(&options);
+        assert_eq!(flags, MsFlags::MS_NOSUID);
+        assert_eq!(data, "size=64m,mode=755");
+    }
+
+    #[test]
+    fn relative_destination_is_refused() {
+        let m = Mount {
+            source: "tmpfs".into(),
+            destination: "relative".into(),
+            fstype: "tmpfs".into(),
+            ..Default::default()
+        };
+        let err = make_mount(&m, "mounts[0]").unwrap_err();
+        assert!(matches!(err, AgentError::InvalidArgument(_)), "{err}");
+    }
+}

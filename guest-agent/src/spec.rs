@@ -1,0 +1,265 @@
+//! Checks the OCI documents the host sends and adapts them to the guest.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use log::debug;
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, LinuxResources, Process, Root, Spec};
+use serde::de::DeserializeOwned;
+
+use crate::error::{AgentError, Result};
+
+/// Where container paths may point in the guest.
+#[derive(Debug, Clone, Default)]
+pub struct Roots {
+    /// Directories a rootfs or bind-mount source must lie in.
+    pub dirs: Vec<PathBuf>,
+    /// Single files that may be bind-mounted (the sandbox's hosts, resolv.conf).
+    pub files: Vec<PathBuf>,
+}
+
+impl Roots {
+    /// Resolves `path` (symlinks, `..`) and checks that it stays inside the
+    /// allowed roots; returns the resolved path.
+    pub fn check(&self, what: &str, path: &Path) -> Result<PathBuf> {
+        let invalid = |why: String| AgentError::InvalidArgument(format!("{what} {path:?}: {why}"));
+        if !path.is_absolute() {
+            return Err(invalid("not an absolute path".into()));
+        }
+        let real = fs::canonicalize(path).map_err(|e| invalid(e.to_string()))?;
+        let inside = self
+            .dirs
+            .iter()
+            .map(|dir| fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()))
+            .any(|dir| real.starts_with(dir))
+            || self.files.contains(&real);
+        if !inside {
+            let allowed: Vec<_> = self.dirs.iter().map(|d| d.display().to_string()).collect();
+            return Err(invalid(format!(
+                "outside the allowed roots ({})",
+                allowed.join(", ")
+            )));
+        }
+        Ok(real)
+    }
+}
+
+/// Parses JSON, naming the field that is wrong (`process.user.uid: invalid
+/// type: string "0", expected u32 at line 1 column 40`).
+pub fn parse<T: DeserializeOwned>(what: &str, json: &[u8]) -> Result<T> {
+    let de = &mut serde_json::Deserializer::from_slice(json);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            AgentError::InvalidArgument(format!("{what}: {inner}"))
+        } else {
+            AgentError::InvalidArgument(format!("{what}: {path}: {inner}"))
+        }
+    })
+}
+
+pub fn parse_spec(json: &[u8]) -> Result<Spec> {
+    let spec: Spec = parse("oci_spec_json", json)?;
+    if spec.process().is_none() {
+        return Err(AgentError::InvalidArgument(
+            "oci_spec_json: process: missing (a container needs a process)".into(),
+        ));
+    }
+    Ok(spec)
+}
+
+pub fn parse_process(json: &[u8]) -> Result<Process> {
+    let process: Process = parse("process_json", json)?;
+    if process.args().as_ref().map_or(0, Vec::len) == 0 {
+        return Err(AgentError::InvalidArgument(
+            "process_json: args: missing or empty".into(),
+        ));
+    }
+    Ok(process)
+}
+
+pub fn parse_resources(json: &[u8]) -> Result<LinuxResources> {
+    parse("resources_json", json)
+}
+
+/// Namespaces every container gets of its own; the network namespace is
+/// the guest's, shared by the pod.
+const OWN_NAMESPACES: [LinuxNamespaceType; 4] = [
+    LinuxNamespaceType::Mount,
+    LinuxNamespaceType::Pid,
+    LinuxNamespaceType::Uts,
+    LinuxNamespaceType::Ipc,
+];
+
+/// Adapts a host-made spec to the guest: the checked rootfs, bind-mount
+/// sources checked against `roots`, our cgroup, fresh namespaces (paths in
+/// the spec are host paths and mean nothing here), no network namespace, no
+/// hooks (host binaries), and the terminal as the host asked.
+pub fn prepare(
+    spec: &mut Spec,
+    rootfs: &Path,
+    roots: &Roots,
+    cgroup_path: &str,
+    terminal: bool,
+) -> Result<()> {
+    let rootfs = roots.check("rootfs", rootfs)?;
+    if !rootfs.is_dir() {
+        return Err(AgentError::InvalidArgument(format!(
+            "rootfs {rootfs:?}: not a directory"
+        )));
+    }
+    let readonly = spec.root().as_ref().and_then(|r| r.readonly());
+    let mut root = Root::default();
+    root.set_path(rootfs).set_readonly(readonly);
+    spec.set_root(Some(root));
+
+    if let Some(process) = spec.process_mut() {
+        process.set_terminal(Some(terminal));
+    }
+
+    if let Some(mounts) = spec.mounts_mut() {
+        for (i, mount) in mounts.iter_mut().enumerate() {
+            if !mount.destination().is_absolute() {
+                return Err(AgentError::InvalidArgument(format!(
+                    "oci_spec_json: mounts[{i}].destination {:?}: not an absolute path",
+                    mount.destination()
+                )));
+            }
+            let is_bind = mount.typ().as_deref() == Some("bind")
+                || mount
+                    .options()
+                    .iter()
+                    .flatten()
+                    .any(|o| o == "bind" || o == "rbind");
+            if is_bind {
+                let source = mount.source().clone().ok_or_else(|| {
+                    AgentError::InvalidArgument(format!(
+                        "oci_spec_json: mounts[{i}]: bind mount without a source"
+                    ))
+                })?;
+                let real = roots.check(&format!("oci_spec_json: mounts[{i}].source"), &source)?;
+                mount.set_source(Some(real));
+            }
+        }
+    }
+
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    linux.set_cgroups_path(Some(cgroup_path.into()));
+    let mut namespaces: Vec<LinuxNamespace> = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .filter(|ns| ns.typ() != LinuxNamespaceType::Network)
+        .map(|ns| {
+            if let Some(path) = ns.path() {
+                debug!("ignoring host namespace path {path:?}");
+            }
+            let mut ns = ns.clone();
+            ns.set_path(None);
+            ns
+        })
+        .collect();
+    for typ in OWN_NAMESPACES {
+        if !namespaces.iter().any(|ns| ns.typ() == typ) {
+            let mut ns = LinuxNamespace::default();
+            ns.set_typ(typ);
+            namespaces.push(ns);
+        }
+    }
+    linux.set_namespaces(Some(namespaces));
+    spec.set_hooks(None);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roots(dir: &Path) -> Roots {
+        Roots {
+            dirs: vec![dir.to_owned()],
+            files: vec![],
+        }
+    }
+
+    #[test]
+    fn names_the_wrong_field() {
+        let err = parse_spec(
+            br#"{"ociVersion":"1.0.2","process":{"user":{"uid":"root","gid":0},"cwd":"/"}}"#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, AgentError::InvalidArgument(_)));
+        assert!(text.contains("process.user.uid"), "{text}");
+
+        let err = parse_spec(b"{not json").unwrap_err();
+        assert!(err.to_string().starts_with("oci_spec_json: "), "{err}");
+
+        let err = parse_spec(br#"{"ociVersion":"1.0.2"}"#).unwrap_err();
+        assert!(err.to_string().contains("process: missing"), "{err}");
+    }
+
+    #[test]
+    fn paths_must_stay_inside_the_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let inside = dir.path().join("rootfs");
+        fs::create_dir(&inside).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("escape")).unwrap();
+        let roots = roots(dir.path());
+
+        assert!(roots.check("rootfs", &inside).is_ok());
+        for bad in [
+            PathBuf::from("/etc"),
+            dir.path().join("escape"),
+            dir.path().join("rootfs/../../"),
+            PathBuf::from("relative"),
+            dir.path().join("missing"),
+        ] {
+            let err = roots.check("rootfs", &bad).unwrap_err();
+            assert!(matches!(err, AgentError::InvalidArgument(_)), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn prepare_sets_namespaces_cgroup_and_checks_binds() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        fs::create_dir(&rootfs).unwrap();
+        let mut spec = Spec::default();
+        let mut linux = spec.linux().clone().unwrap();
+        let mut net = LinuxNamespace::default();
+        net.set_typ(LinuxNamespaceType::Network)
+            .set_path(Some("/proc/1/ns/net".into()));
+        linux.set_namespaces(Some(vec![net]));
+        spec.set_linux(Some(linux));
+
+        prepare(&mut spec, &rootfs, &roots(dir.path()), "/firedoor/c1", true).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/firedoor/c1"))
+        );
+        let types: Vec<_> = linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .map(|n| n.typ())
+            .collect();
+        for typ in OWN_NAMESPACES {
+            assert!(types.contains(&typ), "{types:?}");
+        }
+        assert!(!types.contains(&LinuxNamespaceType::Network));
+        assert_eq!(spec.process().as_ref().unwrap().terminal(), Some(true));
+
+        let mut bind = oci_spec::runtime::Mount::default();
+        bind.set_destination("/data".into())
+            .set_typ(Some("bind".into()))
+            .set_source(Some("/etc".into()));
+        spec.set_mounts(Some(vec![bind]));
+        let err = prepare(&mut spec, &rootfs, &roots(dir.path()), "/x", false).unwrap_err();
+        assert!(err.to_string().contains("mounts[0].source"), "{err}");
+    }
+}

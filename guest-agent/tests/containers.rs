@@ -1,0 +1,623 @@
+//! The agent in host test mode, driven through its real ttrpc API and stdio
+//! streams, running busybox containers (needs root and /bin/busybox from
+//! Debian's busybox-static). Each test runs its own agent with its own state
+//! directory and cgroup, and checks that nothing is left afterwards.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    os::unix::{fs::symlink, net::UnixStream},
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    thread,
+    time::{Duration, Instant},
+};
+
+use firedoor_protocol::{
+    agent::*,
+    agent_ttrpc::AgentClient,
+    stdio::{Stream, StreamHeader},
+};
+use serde_json::json;
+use ttrpc::Code;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(TIMEOUT.as_nanos() as i64)
+}
+
+/// The host's cgroup2 mount (the unified hierarchy, also on hybrid hosts).
+fn unified_mount() -> PathBuf {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            fs.starts_with("cgroup2 ")
+                .then(|| PathBuf::from(mount.split(' ').nth(4).unwrap()))
+        })
+        .expect("no cgroup2 mount on this host")
+}
+
+/// A running agent and everything it uses; dropping it stops the agent and
+/// checks that nothing is left.
+struct Agent {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    client: AgentClient,
+    cgroup_parent: String,
+}
+
+/// Starts an agent on `dir` and connects to it.
+fn spawn_agent(dir: &Path, cgroup_parent: &str) -> (Child, AgentClient) {
+    let sock = dir.join("agent.sock");
+    let _ = fs::remove_file(&sock);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_firedoor-agent"))
+        .arg("--listen")
+        .arg(format!("unix://{}", sock.display()))
+        .arg("--stdio-listen")
+        .arg(format!("unix://{}", dir.join("stdio.sock").display()))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--cgroup-root")
+        .arg(cgroup_parent)
+        .arg("--allowed-root")
+        .arg(dir.join("rootfs"))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    let addr = format!("unix://{}", sock.display());
+    loop {
+        if sock.exists() {
+            if let Ok(client) = ttrpc::Client::connect(&addr) {
+                let client = AgentClient::new(client);
+                if client.check(ctx(), &CheckRequest::new()).is_ok() {
+                    return (child, client);
+                }
+            }
+        }
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("agent did not come up");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Agent {
+    fn start() -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        make_rootfs(&dir.path().join("rootfs"));
+        let cgroup_parent = format!(
+            "/firedoor-test-{}-{}",
+            std::process::id(),
+            dir.path().file_name().unwrap().to_string_lossy()
+        );
+        let (child, client) = spawn_agent(dir.path(), &cgroup_parent);
+        Agent {
+            dir,
+            child: Some(child),
+            client,
+            cgroup_parent,
+        }
+    }
+
+    fn sock(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn restart(&mut self) {
+        let (child, client) = spawn_agent(self.dir.path(), &self.cgroup_parent);
+        self.child = Some(child);
+        self.client = client;
+    }
+
+    fn kill(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn cgroup_dir(&self) -> PathBuf {
+        unified_mount().join(self.cgroup_parent.trim_start_matches('/'))
+    }
+
+    fn create(&self, id: &str, args: &[&str], stdio: Stdio) -> Result<u32, ttrpc::Error> {
+        let spec = spec(args, stdio.terminal);
+        self.create_raw(id, serde_json::to_vec(&spec).unwrap(), stdio)
+    }
+
+    fn create_raw(&self, id: &str, spec: Vec<u8>, stdio: Stdio) -> Result<u32, ttrpc::Error> {
+        let req = CreateContainerRequest {
+            container_id: id.into(),
+            oci_spec_json: spec,
+            rootfs: self.dir.path().join("rootfs").display().to_string(),
+            stdio: Some(stdio).into(),
+            ..Default::default()
+        };
+        self.client.create_container(ctx(), &req).map(|r| r.pid)
+    }
+
+    fn start_container(&self, id: &str) -> Result<Empty, ttrpc::Error> {
+        let req = ContainerRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        self.client.start_container(ctx(), &req)
+    }
+
+    fn exec(&self, id: &str, exec_id: &str, args: &[&str], stdio: Stdio) -> u32 {
+        let process = process(args, stdio.terminal);
+        let req = ExecProcessRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            process_json: serde_json::to_vec(&process).unwrap(),
+            stdio: Some(stdio).into(),
+            ..Default::default()
+        };
+        self.client.exec_process(ctx(), &req).unwrap().pid
+    }
+
+    fn wait(&self, id: &str, exec_id: &str) -> i32 {
+        let req = ProcessRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        self.client.wait_process(ctx(), &req).unwrap().exit_status
+    }
+
+    fn signal(&self, id: &str, exec_id: &str, signal: i32) {
+        let req = SignalProcessRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            signal: signal as u32,
+            ..Default::default()
+        };
+        self.client.signal_process(ctx(), &req).unwrap();
+    }
+
+    fn remove(&self, id: &str) {
+        let req = RemoveContainerRequest {
+            container_id: id.into(),
+            force: true,
+            ..Default::default()
+        };
+        self.client.remove_container(ctx(), &req).unwrap();
+    }
+
+    fn attach(&self, id: &str, exec_id: &str, stream: Stream) -> UnixStream {
+        let mut conn = UnixStream::connect(self.sock("stdio.sock")).unwrap();
+        conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+        StreamHeader::new(id, exec_id, stream)
+            .attach(&mut conn)
+            .unwrap();
+        conn
+    }
+
+    fn read_all(&self, id: &str, exec_id: &str, stream: Stream) -> String {
+        let mut out = String::new();
+        self.attach(id, exec_id, stream)
+            .read_to_string(&mut out)
+            .unwrap();
+        out
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = self.client.shutdown(ctx(), &ShutdownRequest::new());
+            let deadline = Instant::now() + TIMEOUT;
+            while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The agent removed its containers' groups; the parent is ours.
+        let cgroup = self.cgroup_dir();
+        if cgroup.exists() {
+            let children: Vec<_> = fs::read_dir(&cgroup)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name())
+                .collect();
+            let _ = fs::remove_dir(&cgroup);
+            if !thread::panicking() {
+                assert!(children.is_empty(), "cgroups left: {children:?}");
+            }
+        }
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let dir = self.dir.path().display().to_string();
+        if !thread::panicking() {
+            assert!(!mountinfo.contains(&dir), "mounts left under {dir}");
+        }
+    }
+}
+
+/// A busybox rootfs: /bin/busybox plus a symlink per applet.
+fn make_rootfs(root: &Path) {
+    for dir in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines() {
+        if applet != "busybox" {
+            symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+}
+
+fn process(args: &[&str], terminal: bool) -> serde_json::Value {
+    let caps = json!([
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE"
+    ]);
+    json!({
+        "terminal": terminal,
+        "user": {"uid": 0, "gid": 0, "additionalGids": [10]},
+        "args": args,
+        "env": ["PATH=/bin", "TERM=xterm"],
+        "cwd": "/tmp",
+        "capabilities": {
+            "bounding": caps, "effective": caps, "permitted": caps
+        },
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+        "noNewPrivileges": true
+    })
+}
+
+/// What `runc spec` writes, minus the network namespace.
+fn spec(args: &[&str], terminal: bool) -> serde_json::Value {
+    json!({
+        "ociVersion": "1.0.2",
+        "process": process(args, terminal),
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": "busybox",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]}
+        ],
+        "linux": {
+            "namespaces": [
+                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                {"type": "network", "path": "/proc/1/ns/net"}
+            ],
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/sys", "/proc/sysrq-trigger"]
+        }
+    })
+}
+
+fn stdio(stdin: bool, stdout: bool, stderr: bool, terminal: bool) -> Stdio {
+    Stdio {
+        terminal,
+        stdin,
+        stdout,
+        stderr,
+        ..Default::default()
+    }
+}
+
+fn code(err: &ttrpc::Error) -> Code {
+    match err {
+        ttrpc::Error::RpcStatus(status) => status.code(),
+        other => panic!("not a status: {other:?}"),
+    }
+}
+
+#[test]
+fn echo_prints_and_exit_codes_come_back() {
+    let agent = Agent::start();
+    let pid = agent
+        .create("echo", &["echo", "hello"], stdio(false, true, true, false))
+        .unwrap();
+    assert!(pid > 1);
+    agent.start_container("echo").unwrap();
+    assert_eq!(agent.read_all("echo", "", Stream::Stdout), "hello\n");
+    assert_eq!(agent.read_all("echo", "", Stream::Stderr), "");
+    assert_eq!(agent.wait("echo", ""), 0);
+    // Waiting again answers at once until the container is removed.
+    assert_eq!(agent.wait("echo", ""), 0);
+    agent.remove("echo");
+
+    agent
+        .create(
+            "three",
+            &["sh", "-c", "exit 3"],
+            stdio(false, false, false, false),
+        )
+        .unwrap();
+    agent.start_container("three").unwrap();
+    assert_eq!(agent.wait("three", ""), 3);
+    agent.remove("three");
+}
+
+#[test]
+fn stdin_reaches_cat_and_close_stdin_ends_it() {
+    let agent = Agent::start();
+    agent
+        .create("cat", &["cat"], stdio(true, true, false, false))
+        .unwrap();
+    let mut stdin = agent.attach("cat", "", Stream::Stdin);
+    let stdout = agent.attach("cat", "", Stream::Stdout);
+    agent.start_container("cat").unwrap();
+    stdin.write_all(b"one\ntwo\n").unwrap();
+    let req = ProcessRequest {
+        container_id: "cat".into(),
+        ..Default::default()
+    };
+    // The data was sent before CloseStdin: cat must still get all of it.
+    let reader = thread::spawn(move || {
+        let mut out = String::new();
+        let mut stdout = stdout;
+        stdout.read_to_string(&mut out).unwrap();
+        out
+    });
+    stdin.shutdown(std::net::Shutdown::Write).unwrap();
+    agent.client.close_stdin(ctx(), &req).unwrap();
+    assert_eq!(reader.join().unwrap(), "one\ntwo\n");
+    assert_eq!(agent.wait("cat", ""), 0);
+    agent.remove("cat");
+}
+
+#[test]
+fn exec_into_running_container_and_signals() {
+    let agent = Agent::start();
+    agent
+        .create("box", &["sleep", "1000"], stdio(false, false, false, false))
+        .unwrap();
+    agent.start_container("box").unwrap();
+
+    agent.exec(
+        "box",
+        "hi",
+        &["sh", "-c", "echo $((40 + 2)); id -G"],
+        stdio(false, true, false, false),
+    );
+    let out = agent.read_all("box", "hi", Stream::Stdout);
+    assert_eq!(out, "42\n0 10\n");
+    assert_eq!(agent.wait("box", "hi"), 0);
+    let remove = ProcessRequest {
+        container_id: "box".into(),
+        exec_id: "hi".into(),
+        ..Default::default()
+    };
+    agent.client.remove_process(ctx(), &remove).unwrap();
+
+    agent.exec(
+        "box",
+        "sleeper",
+        &["sleep", "1000"],
+        stdio(false, false, false, false),
+    );
+    let dup = ExecProcessRequest {
+        container_id: "box".into(),
+        exec_id: "sleeper".into(),
+        process_json: serde_json::to_vec(&process(&["true"], false)).unwrap(),
+        ..Default::default()
+    };
+    let err = agent.client.exec_process(ctx(), &dup).unwrap_err();
+    assert_eq!(code(&err), Code::ALREADY_EXISTS, "{err:?}");
+    agent.signal("box", "sleeper", libc::SIGTERM);
+    assert_eq!(agent.wait("box", "sleeper"), 128 + libc::SIGTERM);
+
+    let procs = agent
+        .client
+        .list_processes(
+            ctx(),
+            &ContainerRequest {
+                container_id: "box".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(procs.pids.len(), 1, "{:?}", procs.pids);
+
+    // Paused and resumed (the cgroup v2 freezer), it still runs execs.
+    let req = ContainerRequest {
+        container_id: "box".into(),
+        ..Default::default()
+    };
+    agent.client.pause_container(ctx(), &req).unwrap();
+    agent.client.resume_container(ctx(), &req).unwrap();
+    agent.exec("box", "after", &["true"], stdio(false, false, false, false));
+    assert_eq!(agent.wait("box", "after"), 0);
+
+    // The pid namespace's init ignores SIGTERM without a handler, as in runc.
+    agent.signal("box", "", libc::SIGKILL);
+    assert_eq!(agent.wait("box", ""), 128 + libc::SIGKILL);
+    agent.remove("box");
+}
+
+#[test]
+fn terminal_gets_its_size() {
+    let agent = Agent::start();
+    agent
+        .create("tty", &["stty", "size"], stdio(false, true, false, true))
+        .unwrap();
+    let resize = ResizeTtyRequest {
+        container_id: "tty".into(),
+        rows: 33,
+        columns: 111,
+        ..Default::default()
+    };
+    agent.client.resize_tty(ctx(), &resize).unwrap();
+    let stdout = agent.attach("tty", "", Stream::Stdout);
+    agent.start_container("tty").unwrap();
+    let mut out = String::new();
+    let mut stdout = stdout;
+    stdout.read_to_string(&mut out).unwrap();
+    assert_eq!(out, "33 111\r\n");
+    assert_eq!(agent.wait("tty", ""), 0);
+    agent.remove("tty");
+}
+
+#[test]
+fn containers_do_not_see_each_others_processes() {
+    let agent = Agent::start();
+    for (id, secs) in [("a", "1000"), ("b", "2000")] {
+        agent
+            .create(id, &["sleep", secs], stdio(false, false, false, false))
+            .unwrap();
+        agent.start_container(id).unwrap();
+    }
+    agent.exec(
+        "a",
+        "ps",
+        &["ps", "-o", "pid,args"],
+        stdio(false, true, false, false),
+    );
+    let out = agent.read_all("a", "ps", Stream::Stdout);
+    assert_eq!(agent.wait("a", "ps"), 0);
+    assert!(out.contains("sleep 1000"), "{out}");
+    assert!(!out.contains("sleep 2000"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("1 ") && l.contains("sleep 1000")),
+        "{out}"
+    );
+    agent.remove("a");
+    agent.remove("b");
+}
+
+#[test]
+fn bad_requests_get_clear_status_codes() {
+    let agent = Agent::start();
+    let quiet = || stdio(false, false, false, false);
+
+    let mut bad = spec(&["true"], false);
+    bad["process"]["user"]["uid"] = json!("root");
+    let err = agent
+        .create_raw("bad", serde_json::to_vec(&bad).unwrap(), quiet())
+        .unwrap_err();
+    assert_eq!(code(&err), Code::INVALID_ARGUMENT);
+    assert!(format!("{err:?}").contains("process.user.uid"), "{err:?}");
+
+    let err = agent.create_raw("bad", b"{".to_vec(), quiet()).unwrap_err();
+    assert_eq!(code(&err), Code::INVALID_ARGUMENT);
+
+    let err = agent.create("../x", &["true"], quiet()).unwrap_err();
+    assert_eq!(code(&err), Code::INVALID_ARGUMENT);
+
+    let outside = CreateContainerRequest {
+        container_id: "outside".into(),
+        oci_spec_json: serde_json::to_vec(&spec(&["true"], false)).unwrap(),
+        rootfs: "/".into(),
+        ..Default::default()
+    };
+    let err = agent.client.create_container(ctx(), &outside).unwrap_err();
+    assert_eq!(code(&err), Code::INVALID_ARGUMENT);
+
+    let mut bind = spec(&["true"], false);
+    bind["mounts"] =
+        json!([{"destination": "/host", "type": "bind", "source": "/etc", "options": ["rbind"]}]);
+    let err = agent
+        .create_raw("bind", serde_json::to_vec(&bind).unwrap(), quiet())
+        .unwrap_err();
+    assert_eq!(code(&err), Code::INVALID_ARGUMENT);
+    assert!(format!("{err:?}").contains("mounts[0].source"), "{err:?}");
+
+    let err = agent.start_container("nope").unwrap_err();
+    assert_eq!(code(&err), Code::NOT_FOUND);
+    let wait = ProcessRequest {
+        container_id: "nope".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(&agent.client.wait_process(ctx(), &wait).unwrap_err()),
+        Code::NOT_FOUND
+    );
+
+    agent.create("once", &["sleep", "1000"], quiet()).unwrap();
+    let err = agent.create("once", &["true"], quiet()).unwrap_err();
+    assert_eq!(code(&err), Code::ALREADY_EXISTS);
+    let no_exec = ProcessRequest {
+        container_id: "once".into(),
+        exec_id: "ghost".into(),
+        ..Default::default()
+    };
+    let err = agent.client.wait_process(ctx(), &no_exec).unwrap_err();
+    assert_eq!(code(&err), Code::NOT_FOUND);
+    agent.start_container("once").unwrap();
+    let err = agent.start_container("once").unwrap_err();
+    assert_eq!(code(&err), Code::FAILED_PRECONDITION);
+    let keep = RemoveContainerRequest {
+        container_id: "once".into(),
+        force: false,
+        ..Default::default()
+    };
+    let err = agent.client.remove_container(ctx(), &keep).unwrap_err();
+    assert_eq!(code(&err), Code::FAILED_PRECONDITION);
+
+    let err = agent
+        .create("missing", &["/no/such/program"], quiet())
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("/no/such/program"), "{err:?}");
+    agent.remove("once");
+    // The agent still serves after all this.
+    agent.client.check(ctx(), &CheckRequest::new()).unwrap();
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie (reparented to an init that does not reap) is dead too.
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn restart_after_sigkill_removes_what_the_old_agent_left() {
+    let mut agent = Agent::start();
+    let pid = agent
+        .create(
+            "orphan",
+            &["sleep", "1000"],
+            stdio(false, false, false, false),
+        )
+        .unwrap();
+    agent.start_container("orphan").unwrap();
+    assert!(alive(pid));
+    agent.kill();
+    agent.restart();
+    assert!(!alive(pid), "container process {pid} survived the restart");
+    let state = fs::read_dir(agent.dir.path().join("state/containers"))
+        .unwrap()
+        .count();
+    assert_eq!(state, 0);
+    let err = agent.start_container("orphan").unwrap_err();
+    assert_eq!(code(&err), Code::NOT_FOUND);
+}
