@@ -7,6 +7,7 @@
 //! Nothing here knows about containers or the agent's API.
 
 mod backend;
+pub mod builtin;
 mod error;
 pub mod host;
 pub mod process;
@@ -15,6 +16,7 @@ mod vm;
 pub mod vsock;
 
 pub use backend::{Backend, BackendKind, Launch, RunDir, VmSpec};
+pub use builtin::BuiltinBackend;
 pub use error::{Error, Result};
 pub use qemu::QemuBackend;
 pub use vm::MicroVm;

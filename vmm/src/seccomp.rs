@@ -99,11 +99,14 @@ pub fn build_filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         libc::SYS_fcntl,
         vec![arg_eq(1, SeccompCmpArgLen::Dword, libc::F_GETFD as u64)?],
     );
+    // Every thread logs, and the logger asks whether stderr is a terminal
+    // (TCGETS) each time it writes a line.
+    let tcgets = arg_eq(1, SeccompCmpArgLen::Dword, libc::TCGETS)?;
     match kind {
         ThreadKind::Vcpu => {
             rules.insert(
                 libc::SYS_ioctl,
-                vec![arg_eq(1, SeccompCmpArgLen::Dword, KVM_RUN)?],
+                vec![arg_eq(1, SeccompCmpArgLen::Dword, KVM_RUN)?, tcgets],
             );
         }
         ThreadKind::Vmm => {
@@ -113,10 +116,10 @@ pub fn build_filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
                 libc::SYS_socket,
                 vec![arg_eq(0, SeccompCmpArgLen::Dword, libc::AF_UNIX as u64)?],
             );
-            // Only FIONBIO (set_nonblocking on accepted sockets).
+            // FIONBIO: set_nonblocking on accepted sockets.
             rules.insert(
                 libc::SYS_ioctl,
-                vec![arg_eq(1, SeccompCmpArgLen::Dword, libc::FIONBIO)?],
+                vec![arg_eq(1, SeccompCmpArgLen::Dword, libc::FIONBIO)?, tcgets],
             );
         }
     }

@@ -350,7 +350,7 @@ impl Vmm {
         }
 
         let cmdline = boot::build_cmdline(&config.cmdline, &b.virtio_slots)?;
-        boot::configure_system(&b.mem, &cmdline, initrd_info)?;
+        boot::configure_system(&b.mem, &cmdline, initrd_info, config.vcpus)?;
         let cmdline = cmdline
             .as_cstring()
             .map_err(BootError::from)?

@@ -5,6 +5,7 @@
 mod test_utils;
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -127,6 +128,62 @@ fn sigterm_stops_a_running_guest_with_vsock_traffic() {
     let mut buf = [0u8; 8];
     assert_eq!(host.read(&mut buf).unwrap_or(0), 0);
     assert!(!uds.exists());
+}
+
+/// A pseudo-terminal: (master, slave).
+fn open_pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: posix_openpt returns a new descriptor or -1; grantpt and
+    // unlockpt only act on it; ptsname returns a pointer to a static
+    // NUL-terminated buffer, copied out at once (no other thread of this test
+    // calls ptsname).
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(master >= 0, "posix_openpt failed");
+        let master = std::fs::File::from_raw_fd(master);
+        assert_eq!(libc::grantpt(master.as_raw_fd()), 0);
+        assert_eq!(libc::unlockpt(master.as_raw_fd()), 0);
+        let name = libc::ptsname(master.as_raw_fd());
+        assert!(!name.is_null());
+        let name = std::ffi::CStr::from_ptr(name).to_str().unwrap().to_owned();
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(name)
+            .unwrap();
+        (master, slave)
+    }
+}
+
+/// Regression: the logger checks whether stderr is a terminal on every line
+/// (ioctl TCGETS); the seccomp filters killed the VMM at the first log line
+/// after they were installed (here: the i8042 reset) when run in a terminal.
+#[test]
+fn logging_to_a_terminal_survives_seccomp() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::TempDir::new().unwrap();
+    let code = Asm::default().i8042_reset().halt_forever().code.clone();
+    let kernel = write_kernel(dir.path(), &code);
+    let (master, slave) = open_pty();
+    let mut child = Command::new(VMM)
+        .args(["--kernel", kernel.to_str().unwrap(), "--memory-mib", "32"])
+        .args(["--serial", "/dev/null"])
+        .env("RUST_LOG", "info")
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    // Drain the terminal so the VMM never blocks on a full one.
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = (&master).read_to_end(&mut out); // EIO once the VMM is gone
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let status = child.wait().unwrap();
+    let out = reader.join().unwrap();
+    assert!(status.success(), "status {status:?}: {out}");
+    assert!(out.contains("guest reset through the i8042"), "{out}");
 }
 
 #[test]

@@ -5,6 +5,7 @@
 pub mod cpuid;
 pub mod gdt;
 pub mod layout;
+pub mod mptable;
 pub mod msr;
 pub mod paging;
 pub mod regs;
@@ -189,11 +190,13 @@ pub fn build_cmdline(base: &str, mmio_devices: &[(u64, u64, u32)]) -> Result<Cmd
     Ok(cmdline)
 }
 
-/// Writes the command line, GDT, IDT, page tables and zero page.
+/// Writes the command line, GDT, IDT, page tables, MP table (for `vcpus`
+/// CPUs) and zero page.
 pub fn configure_system(
     mem: &GuestMemoryMmap,
     cmdline: &Cmdline,
     initrd: Option<InitrdInfo>,
+    vcpus: u8,
 ) -> Result<(), BootError> {
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)?;
     let cmdline_size = cmdline.as_cstring()?.as_bytes_with_nul().len();
@@ -202,6 +205,7 @@ pub fn configure_system(
     }
     mem.write_obj(0u64, GuestAddress(BOOT_IDT_START))?;
     paging::setup_identity_paging(mem)?;
+    mptable::setup_mptable(mem, vcpus)?;
     zero_page::write_zero_page(mem, cmdline_size, initrd)
 }
 
@@ -303,7 +307,7 @@ mod tests {
     fn configure_system_writes_boot_structures() {
         let mem = create_guest_memory(16 << 20).unwrap();
         let c = build_cmdline("hello", &[]).unwrap();
-        configure_system(&mem, &c, None).unwrap();
+        configure_system(&mem, &c, None, 1).unwrap();
         let gdt1: u64 = mem.read_obj(GuestAddress(BOOT_GDT_START + 8)).unwrap();
         assert_eq!(gdt1, gdt::BOOT_GDT[1]);
         let mut buf = [0u8; 6];

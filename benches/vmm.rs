@@ -1,0 +1,186 @@
+//! The built-in VMM on its own: process start to the guest's first
+//! instructions, and the VMM's memory beside the guest's.
+//!
+//!     cargo build --release -p firedoor-vmm
+//!     cargo bench -p firedoor-benches --bench vmm [-- RUNS]
+//!
+//! The guest is a few hand-assembled instructions that write the boot-timer
+//! port (0x440) and halt, so this runs on any KVM, PVM included. Two clocks:
+//! the host's, from spawning the process to the VMM logging the port write,
+//! and the VMM's own, from its `main` to the write (without exec and dynamic
+//! loading). RSS is read from /proc/PID/smaps once the guest has run; the
+//! guest-memory mapping is subtracted.
+
+#[path = "../vmm/src/test_utils.rs"]
+mod test_utils;
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use firedoor_benches::summary;
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use test_utils::{build_elf, Asm};
+
+const GUEST_MEMORY_MIB: u64 = 128;
+
+/// The binaries of the profile this bench was built with (target/release).
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("bench executable path");
+    exe.parent().and_then(Path::parent).unwrap().to_owned()
+}
+
+struct Sample {
+    host: Duration,
+    vmm: Duration,
+    rss_kib: u64,
+    guest_rss_kib: u64,
+}
+
+/// (RSS outside the guest-memory mapping, RSS of that mapping) in KiB.
+fn rss_kib(pid: u32, guest_bytes: u64) -> (u64, u64) {
+    let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).expect("read smaps");
+    let (mut other, mut guest) = (0, 0);
+    let mut in_guest = false;
+    for line in smaps.lines() {
+        if let Some(range) = line.split_whitespace().next().filter(|r| r.contains('-')) {
+            if let Some((start, end)) = range.split_once('-') {
+                if let (Ok(s), Ok(e)) =
+                    (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+                {
+                    in_guest = e - s == guest_bytes;
+                    continue;
+                }
+            }
+        }
+        if let Some(kib) = line.strip_prefix("Rss:") {
+            let kib: u64 = kib.trim().trim_end_matches(" kB").parse().unwrap_or(0);
+            if in_guest {
+                guest += kib;
+            } else {
+                other += kib;
+            }
+        }
+    }
+    (other, guest)
+}
+
+fn stop(mut child: Child) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let status = child.wait().expect("wait for firedoor-vmm");
+    assert!(status.success(), "firedoor-vmm exited with {status}");
+}
+
+fn one_run(vmm: &Path, kernel: &Path) -> Sample {
+    let started = Instant::now();
+    let mut child = Command::new(vmm)
+        .args(["--kernel", kernel.to_str().unwrap()])
+        .args(["--memory-mib", &GUEST_MEMORY_MIB.to_string()])
+        .args(["--serial", "/dev/null"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start firedoor-vmm");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    // "guest boot done 1.234 ms after VMM start (value 0x1)"
+    let vmm_ms: f64 = loop {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            stop(child);
+            panic!("firedoor-vmm ended before the guest wrote the boot-timer port");
+        }
+        if let Some(rest) = line.split("guest boot done ").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let host = started.elapsed();
+    let (rss_kib, guest_rss_kib) = rss_kib(child.id(), GUEST_MEMORY_MIB << 20);
+    // Nothing else is logged until the stop; the pipe cannot fill up.
+    stop(child);
+    Sample {
+        host,
+        vmm: Duration::from_secs_f64(vmm_ms / 1000.0),
+        rss_kib,
+        guest_rss_kib,
+    }
+}
+
+fn main() {
+    let runs: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(10);
+    let vmm = bin_dir().join("firedoor-vmm");
+    if !vmm.is_file() {
+        eprintln!(
+            "{} is missing: build it first (cargo build --release -p firedoor-vmm)",
+            vmm.display()
+        );
+        std::process::exit(1);
+    }
+    let dir = std::env::temp_dir().join(format!("firedoor-bench-vmm-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let kernel = dir.join("vmlinux");
+    let code = Asm::default()
+        .mov_dx(0x440)
+        .mov_al(1)
+        .out_dx_al()
+        .halt_forever()
+        .code
+        .clone();
+    fs::write(&kernel, build_elf(0x20_0000, &code)).unwrap();
+
+    let samples: Vec<Sample> = (0..runs).map(|_| one_run(&vmm, &kernel)).collect();
+    fs::remove_dir_all(&dir).unwrap();
+
+    let mut host: Vec<Duration> = samples.iter().map(|s| s.host).collect();
+    let mut inner: Vec<Duration> = samples.iter().map(|s| s.vmm).collect();
+    let mut rss: Vec<u64> = samples.iter().map(|s| s.rss_kib).collect();
+    rss.sort();
+    let guest_rss = samples.iter().map(|s| s.guest_rss_kib).max().unwrap_or(0);
+    println!(
+        "firedoor-vmm ({}), tiny guest, 1 vCPU, {GUEST_MEMORY_MIB} MiB",
+        vmm.display()
+    );
+    println!(
+        "  spawn -> first guest port write (host clock): {}",
+        summary_us(&mut host)
+    );
+    println!(
+        "  VMM main -> first guest port write (VMM log): {}",
+        summary_us(&mut inner)
+    );
+    println!(
+        "  VMM RSS without guest memory: median {:.2} MiB, max {:.2} MiB (guest memory touched: {} KiB)",
+        rss[rss.len() / 2] as f64 / 1024.0,
+        rss[rss.len() - 1] as f64 / 1024.0,
+        guest_rss
+    );
+    println!("  (vsock round trip: needs a real guest; see the nested bench)");
+}
+
+/// Like [`summary`], with sub-millisecond resolution.
+fn summary_us(samples: &mut [Duration]) -> String {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    match samples {
+        [] => summary(samples),
+        _ => format!(
+            "min {:.2} ms, median {:.2} ms, max {:.2} ms (n={})",
+            ms(samples[0]),
+            ms(samples[samples.len() / 2]),
+            ms(samples[samples.len() - 1]),
+            samples.len()
+        ),
+    }
+}

@@ -1,0 +1,151 @@
+//! The built-in backend: Firedoor's own VMM (`firedoor-vmm`, crate vmm/),
+//! one process per VM, serving the hybrid-vsock socket itself. Needs
+//! hardware KVM: a stock guest kernel does not boot under PVM.
+
+use std::{path::PathBuf, process::Command};
+
+use crate::{
+    backend::{Backend, BackendKind, Launch, RunDir, VmSpec},
+    host,
+    process::ManagedChild,
+    Error, Result,
+};
+
+pub const FIREDOOR_VMM: &str = "firedoor-vmm";
+
+/// Guest CID on the VM's private vsock device (each VM has its own VMM and
+/// socket, so the CID need not be unique on the host).
+const GUEST_CID: u32 = 3;
+
+#[derive(Debug, Clone)]
+pub struct BuiltinBackend {
+    pub vmm: PathBuf,
+}
+
+impl BuiltinBackend {
+    /// Finds `firedoor-vmm` (beside the current executable, on `PATH`, or in
+    /// cargo's install directory).
+    pub fn detect() -> Result<Self> {
+        let vmm = host::find_program(FIREDOOR_VMM).ok_or(Error::HelperMissing {
+            name: FIREDOOR_VMM,
+            hint: "it is built with the workspace: cargo build --workspace; install it beside firedoor",
+        })?;
+        Ok(BuiltinBackend { vmm })
+    }
+
+    /// The `firedoor-vmm` arguments for `spec`, with sockets and logs in
+    /// `run_dir`.
+    pub fn vmm_args(&self, spec: &VmSpec, run_dir: &RunDir) -> Vec<String> {
+        // reboot=k: the agent's reboot(2) resets through the i8042, which
+        // ends the VMM with status 0. panic=-1 turns a guest panic into
+        // that same reset instead of a hang.
+        let mut cmdline = vec![
+            "console=ttyS0".to_string(),
+            "reboot=k".into(),
+            "panic=-1".into(),
+            "quiet".into(),
+            format!("firedoor.port={}", spec.agent_port),
+        ];
+        cmdline.extend(spec.kernel_params.iter().cloned());
+        vec![
+            "--kernel".into(),
+            spec.kernel.display().to_string(),
+            "--initrd".into(),
+            spec.initrd.display().to_string(),
+            "--cmdline".into(),
+            cmdline.join(" "),
+            "--vcpus".into(),
+            spec.vcpus.to_string(),
+            "--memory-mib".into(),
+            spec.memory_mib.to_string(),
+            "--vsock-uds".into(),
+            run_dir.vsock_uds().display().to_string(),
+            "--vsock-cid".into(),
+            GUEST_CID.to_string(),
+            "--serial".into(),
+            run_dir.console_log().display().to_string(),
+        ]
+    }
+}
+
+impl Backend for BuiltinBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Builtin
+    }
+
+    fn accelerator(&self) -> &'static str {
+        "kvm"
+    }
+
+    fn launch(&self, spec: &VmSpec, run_dir: &RunDir) -> Result<Launch> {
+        if let Some(dir) = &spec.shared_dir {
+            return Err(Error::InvalidSpec(format!(
+                "the builtin backend has no virtio-fs yet, so it cannot share {}; \
+                 use the qemu backend for VMs with a shared directory",
+                dir.display()
+            )));
+        }
+        let vmm = ManagedChild::spawn(
+            FIREDOOR_VMM,
+            Command::new(&self.vmm).args(self.vmm_args(spec, run_dir)),
+            Some(&run_dir.log(FIREDOOR_VMM)),
+        )?;
+        Ok(Launch {
+            vmm,
+            helpers: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> BuiltinBackend {
+        BuiltinBackend {
+            vmm: "/bin/false".into(),
+        }
+    }
+
+    #[test]
+    fn command_line_has_the_guest_sockets_and_agent_port() {
+        let run_dir = RunDir::create(&std::env::temp_dir()).unwrap();
+        let mut spec = VmSpec::new("/k/vmlinux", "/k/initramfs.img");
+        spec.vcpus = 2;
+        spec.memory_mib = 512;
+        spec.agent_port = 2000;
+        spec.kernel_params = vec!["firedoor.log=debug".into()];
+        let args = backend().vmm_args(&spec, &run_dir);
+        let value = |flag: &str| {
+            let i = args.iter().position(|a| a == flag).expect(flag);
+            args[i + 1].as_str()
+        };
+        assert_eq!(value("--kernel"), "/k/vmlinux");
+        assert_eq!(value("--initrd"), "/k/initramfs.img");
+        assert_eq!(value("--vcpus"), "2");
+        assert_eq!(value("--memory-mib"), "512");
+        assert_eq!(value("--vsock-cid"), "3");
+        let dir = run_dir.path().display().to_string();
+        assert_eq!(value("--vsock-uds"), format!("{dir}/vsock.sock"));
+        assert_eq!(value("--serial"), format!("{dir}/console.log"));
+        assert_eq!(
+            value("--cmdline"),
+            "console=ttyS0 reboot=k panic=-1 quiet firedoor.port=2000 firedoor.log=debug"
+        );
+    }
+
+    #[test]
+    fn shared_dir_is_refused_before_anything_starts() {
+        let run_dir = RunDir::create(&std::env::temp_dir()).unwrap();
+        let mut spec = VmSpec::new("/k", "/i");
+        spec.shared_dir = Some("/srv/share".into());
+        let err = backend().launch(&spec, &run_dir).err().unwrap();
+        assert!(matches!(err, Error::InvalidSpec(_)), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("no virtio-fs") && msg.contains("/srv/share"),
+            "{msg}"
+        );
+        assert!(!run_dir.log(FIREDOOR_VMM).exists());
+    }
+}

@@ -1,0 +1,137 @@
+//! The built-in VMM booting the real guest (kernel + initramfs + agent) on
+//! hardware-style KVM: inside scripts/nested-kvm, an L1 VM with emulated
+//! AMD-V. Needs the L1 kernel from
+//! `scripts/build-guest --fragment kernel-config/kvm-host.config --name kvm-host`
+//! (scripts/setup builds it).
+
+use std::{
+    process::{Command, Output},
+    sync::Mutex,
+};
+
+use firedoor_tests::{assert_nothing_left, bin, guest_image, workspace_root};
+
+/// One L1 VM at a time: each emulates 2 CPUs on a small machine.
+static NESTED: Mutex<()> = Mutex::new(());
+
+/// Runs `command` under scripts/nested-kvm with its temporary files in a
+/// fresh directory, and checks that nothing of the run is left afterwards.
+fn nested(command: &[&str]) -> Output {
+    let _one_at_a_time = NESTED.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let kernel = workspace_root().join("target/guest/vmlinux-kvm-host");
+    assert!(
+        kernel.is_file(),
+        "{} is missing: run scripts/build-guest --fragment kernel-config/kvm-host.config --name kvm-host",
+        kernel.display()
+    );
+    let out = Command::new(workspace_root().join("scripts/nested-kvm"))
+        .args(["--timeout", "300", "--"])
+        .args(command)
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    assert_nothing_left(tmp.path());
+    out
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn check_boot_builtin(extra: &[&str]) {
+    let firedoor = bin("firedoor");
+    bin("firedoor-vmm");
+    let mut command = vec![
+        firedoor.to_str().unwrap(),
+        "check",
+        "--boot",
+        "--backend",
+        "builtin",
+        "--timeout",
+        "120",
+    ];
+    command.extend(extra);
+    let out = nested(&command);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("KVM: hardware KVM (AMD-V)"), "{stdout}");
+    assert!(stdout.contains("backend builtin: usable"), "{stdout}");
+    assert!(
+        stdout.contains("booting a microVM with the builtin backend (kvm)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "agent {} on guest kernel 6.12",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("guest powered off cleanly; boot check passed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn builtin_vmm_boots_the_real_guest_and_agent_answers() {
+    check_boot_builtin(&[]);
+}
+
+#[test]
+fn builtin_vmm_boots_the_real_guest_with_two_vcpus() {
+    check_boot_builtin(&["--vcpus", "2", "--memory-mib", "512"]);
+}
+
+/// The real virtio-blk driver reads and writes a disk through the built-in
+/// VMM: the guest kernel mounts an ext4 image as its root read-write (which
+/// writes the superblock's mount count), finds no init there and panics;
+/// panic=-1 and reboot=k end the VMM with status 0.
+#[test]
+fn builtin_vmm_disk_is_read_and_written_by_linux() {
+    let vmm = bin("firedoor-vmm");
+    let (kernel, _) = guest_image();
+    let script = r#"set -eo pipefail
+        PATH=$PATH:/usr/sbin:/sbin
+        cd /tmp
+        truncate -s 16M disk.img
+        mkfs.ext4 -q -F disk.img
+        timeout 120 "$0" --kernel "$1" --memory-mib 128 --disk /tmp/disk.img --serial stdout \
+          --cmdline "console=ttyS0 reboot=k panic=-1 quiet root=/dev/vda rw" 2>&1
+        echo "firedoor-vmm exited with $?"
+        dumpe2fs -h disk.img 2>/dev/null | grep '^Mount count:'"#;
+    let out = nested(&[
+        "/bin/bash",
+        "-c",
+        script,
+        vmm.to_str().unwrap(),
+        kernel.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("No working init found"), "{stdout}");
+    assert!(stdout.contains("firedoor-vmm exited with 0"), "{stdout}");
+    let mounts = stdout.lines().find(|l| l.starts_with("Mount count:"));
+    assert_eq!(
+        mounts.map(|l| l.split_whitespace().last()),
+        Some(Some("1")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn harness_passes_output_and_exit_status() {
+    let out = nested(&["/bin/sh", "-c", "echo \"in $(pwd)\"; echo oops >&2; exit 7"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(7), "{stdout}\n{stderr}");
+    let cwd = std::env::current_dir().unwrap();
+    assert!(
+        stdout.contains(&format!("in {}\n", cwd.display())),
+        "{stdout}"
+    );
+    assert!(stdout.contains("oops\n"), "{stdout}");
+}
