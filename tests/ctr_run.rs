@@ -155,6 +155,8 @@ fn wait_status(ctrd: &Containerd, id: &str, want: &str) {
 fn detached_task_exec_ps_pause_resume_metrics_kill_delete() {
     let ctrd = Containerd::start();
     let id = "fd-detached";
+    // PID 1 of a pid namespace ignores SIGTERM unless it handles it (as
+    // with runc), so the init traps it.
     ctrd.ctr_ok(&[
         "run",
         "-d",
@@ -162,8 +164,9 @@ fn detached_task_exec_ps_pause_resume_metrics_kill_delete() {
         RUNTIME,
         BUSYBOX_IMAGE,
         id,
-        "sleep",
-        "1000",
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; sleep 1000 & wait",
     ]);
     wait_status(&ctrd, id, "RUNNING");
 

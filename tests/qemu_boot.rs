@@ -34,6 +34,7 @@ fn boots_guest_and_agent_answers_check() {
     assert!(reply.uptime_ms >= reply.boot_to_ready_ms);
 
     let (status, killed) = sandbox.shutdown().unwrap();
+    drop(sandbox);
     assert!(!killed, "the guest had to be killed");
     assert!(status.success(), "QEMU exited with {status}");
     assert_nothing_left(run_base.path());
@@ -48,6 +49,7 @@ fn two_vcpus_and_more_memory_boot() {
     let sandbox = Sandbox::boot(&QemuBackend::detect().unwrap(), &spec).unwrap();
     sandbox.check().unwrap();
     let (status, killed) = sandbox.shutdown().unwrap();
+    drop(sandbox);
     assert!(status.success() && !killed);
     assert_nothing_left(run_base.path());
 }
@@ -134,6 +136,7 @@ fn vmm_killed_with_sigkill_is_noticed_and_cleaned_up() {
         .expect_err("Check must fail once the VM is gone");
     assert!(!err.to_string().is_empty());
     let (status, killed) = sandbox.shutdown().unwrap();
+    drop(sandbox);
     assert!(!killed, "already dead, nothing to kill");
     assert!(!status.success(), "{status}");
     for helper in helpers {
@@ -156,6 +159,7 @@ fn boots_with_a_shared_directory_and_stops_virtiofsd() {
     assert_eq!(sandbox.vm().helper_pids().len(), 2);
     sandbox.check().unwrap();
     let (status, killed) = sandbox.shutdown().unwrap();
+    drop(sandbox);
     assert!(status.success() && !killed, "{status}");
     assert_nothing_left(run_base.path());
 }

@@ -158,8 +158,12 @@ struct Undo {
 }
 
 impl Undo {
+    /// Keeps everything: clears the fields (replacing the whole value would
+    /// drop it, running the undo).
     fn disarm(&mut self) {
-        *self = Undo::default();
+        self.rootfs = None;
+        self.shared = None;
+        self.guest_container = None;
     }
 }
 
