@@ -234,6 +234,12 @@ fn serve(what: Serve) -> Result<ShutdownReason, BoxError> {
         .start()
         .map_err(|e| format!("starting ttrpc server: {e}"))?;
     info!("ready on {addr} ({ready_ms} ms after boot)");
+    if let Some(port) = addr
+        .strip_prefix("vsock://")
+        .and_then(|a| a.rsplit(':').next()?.parse().ok())
+    {
+        eprintln!("{}", firedoor_protocol::ready_marker(port));
+    }
 
     let reason = shutdown_rx.recv()?;
     if let Some(runtime) = runtime {

@@ -55,6 +55,10 @@ pub struct VmSpec {
     /// A host directory shared with the guest over virtio-fs, tag
     /// [`SHARED_FS_TAG`](crate::SHARED_FS_TAG) (container rootfs, volumes).
     pub shared_dir: Option<PathBuf>,
+    /// A line the guest prints on its console once its agent listens; when
+    /// set, the host connects only after seeing it (or after half the boot
+    /// timeout, for a guest that never prints it).
+    pub ready_marker: Option<String>,
 }
 
 impl VmSpec {
@@ -71,6 +75,7 @@ impl VmSpec {
             boot_timeout: Duration::from_secs(30),
             run_base: std::env::temp_dir(),
             shared_dir: None,
+            ready_marker: None,
         }
     }
 

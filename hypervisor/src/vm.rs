@@ -27,6 +27,48 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(10);
 /// Upper bound for one CONNECT reply; a silent VMM is retried after it.
 const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Scans a growing console log for a line, reading only what is new.
+struct ConsoleWatch {
+    marker: String,
+    offset: u64,
+    /// The end of the previous read, in case the marker straddles reads.
+    carry: String,
+    found: bool,
+}
+
+impl ConsoleWatch {
+    fn new(marker: &str) -> Self {
+        ConsoleWatch {
+            marker: marker.to_owned(),
+            offset: 0,
+            carry: String::new(),
+            found: false,
+        }
+    }
+
+    fn seen(&mut self, path: &Path) -> bool {
+        use std::io::{Read, Seek, SeekFrom};
+        if self.found {
+            return true;
+        }
+        let Ok(mut file) = std::fs::File::open(path) else {
+            return false;
+        };
+        let mut new = Vec::new();
+        if file.seek(SeekFrom::Start(self.offset)).is_err()
+            || file.take(1 << 20).read_to_end(&mut new).is_err()
+        {
+            return false;
+        }
+        self.offset += new.len() as u64;
+        let text = format!("{}{}", self.carry, String::from_utf8_lossy(&new));
+        self.found = text.contains(&self.marker);
+        let keep = text.len().saturating_sub(self.marker.len());
+        self.carry = text.get(keep..).unwrap_or_default().to_owned();
+        self.found
+    }
+}
+
 pub struct MicroVm {
     kind: BackendKind,
     accelerator: &'static str,
@@ -54,11 +96,7 @@ impl MicroVm {
             run_dir,
             boot_time: Duration::ZERO,
         };
-        let stream = vm.wait_for_agent(
-            spec.agent_port,
-            started + spec.boot_timeout,
-            spec.boot_timeout,
-        )?;
+        let stream = vm.wait_for_agent(spec, started)?;
         vm.boot_time = started.elapsed();
         info!(
             "{} VM ({}) pid {}: agent answered after {} ms",
@@ -70,12 +108,10 @@ impl MicroVm {
         Ok((vm, stream))
     }
 
-    fn wait_for_agent(
-        &mut self,
-        port: u32,
-        deadline: Instant,
-        timeout: Duration,
-    ) -> Result<UnixStream> {
+    fn wait_for_agent(&mut self, spec: &VmSpec, started: Instant) -> Result<UnixStream> {
+        let (port, timeout) = (spec.agent_port, spec.boot_timeout);
+        let deadline = started + timeout;
+        let mut marker = spec.ready_marker.as_deref().map(ConsoleWatch::new);
         let uds = self.run_dir.vsock_uds();
         loop {
             self.check_alive()?;
@@ -87,12 +123,20 @@ impl MicroVm {
                     console: self.console_tail(CONSOLE_TAIL_LINES),
                 });
             }
-            match vsock::connect(&uds, port, left.min(CONNECT_ATTEMPT_TIMEOUT)) {
-                Ok(stream) => return Ok(stream),
-                Err(e @ (ConnectError::NotListening { .. } | ConnectError::Timeout { .. })) => {
-                    debug!("waiting for the agent: {e}");
+            let waiting_for_marker = match &mut marker {
+                Some(watch) => {
+                    !watch.seen(&self.run_dir.console_log()) && started.elapsed() < timeout / 2
                 }
-                Err(e) => return Err(Error::Vsock(e.to_string())),
+                None => false,
+            };
+            if !waiting_for_marker {
+                match vsock::connect(&uds, port, left.min(CONNECT_ATTEMPT_TIMEOUT)) {
+                    Ok(stream) => return Ok(stream),
+                    Err(e @ (ConnectError::NotListening { .. } | ConnectError::Timeout { .. })) => {
+                        debug!("waiting for the agent: {e}");
+                    }
+                    Err(e) => return Err(Error::Vsock(e.to_string())),
+                }
             }
             // Sleeps, but wakes at once if the VMM exits.
             self.vmm

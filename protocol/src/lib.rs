@@ -18,6 +18,14 @@ pub mod stdio;
 /// vsock port the agent listens on unless the kernel command line says otherwise.
 pub const DEFAULT_AGENT_PORT: u32 = 1024;
 
+/// The line the agent prints on the serial console, whatever its log level,
+/// once it accepts connections on vsock `port`. The host waits for it before
+/// connecting: connecting to a guest whose vsock driver is not up yet has
+/// been seen to wedge vhost-device-vsock.
+pub fn ready_marker(port: u32) -> String {
+    format!("firedoor-agent: ready on vsock port {port}")
+}
+
 /// Kernel command-line keys the agent reads (`firedoor.port=2000`).
 pub mod cmdline {
     /// vsock port of the agent's ttrpc server.

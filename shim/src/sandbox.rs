@@ -35,7 +35,10 @@ impl Sandbox {
     /// Boots a VM and connects to its agent. Nothing is left running if
     /// this fails.
     pub fn boot(backend: &dyn Backend, spec: &VmSpec) -> anyhow::Result<Sandbox> {
-        let (vm, stream) = MicroVm::start(backend, spec)?;
+        let mut spec = spec.clone();
+        spec.ready_marker
+            .get_or_insert_with(|| firedoor_protocol::ready_marker(spec.agent_port));
+        let (vm, stream) = MicroVm::start(backend, &spec)?;
         let client = ttrpc::Client::new(stream.into_raw_fd())
             .map_err(|e| anyhow::anyhow!("creating the agent client: {e}"))?;
         Ok(Sandbox {
