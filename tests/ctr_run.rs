@@ -87,6 +87,29 @@ fn exit_code_propagates() {
     assert_sandbox_gone(&ctrd, "fd-exit");
 }
 
+/// Output far beyond every buffer on the way (pipe, vsock credit, Unix
+/// socket, FIFO) arrives whole and in order: the guest waits for the host
+/// rather than losing bytes. `cat` of a file writes in large chunks, which
+/// the guest kernel sends as large vsock packets.
+#[test]
+fn large_output_arrives_whole() {
+    let ctrd = Containerd::start();
+    let lines = 200_000;
+    let script = format!("seq 1 {lines} > /tmp/seq && cat /tmp/seq");
+    let out = run_rm(&ctrd, "fd-bigout", &["sh", "-c", &script]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        ctrd.log_tail(30)
+    );
+    let want: String = (1..=lines).map(|i| format!("{i}\n")).collect();
+    let got = text(&out.stdout);
+    assert_eq!(got.len(), want.len(), "bytes of output");
+    assert!(got == want, "output differs from seq 1 {lines}");
+    assert_sandbox_gone(&ctrd, "fd-bigout");
+}
+
 #[test]
 fn stdin_is_forwarded_and_closed() {
     let ctrd = Containerd::start();
