@@ -13,8 +13,9 @@ use std::sync::Arc;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use log::{debug, error};
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
+use vm_memory::{Address, Bytes, GuestAddress, VolatileSlice};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -79,6 +80,25 @@ pub struct VsockHeader {
 }
 
 impl VsockHeader {
+    /// Parses the little-endian wire layout (virtio 1.2, 5.10.6).
+    fn from_bytes(b: &[u8; PKT_HEADER_SIZE]) -> Self {
+        let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u64_at = |i: usize| u64::from(u32_at(i)) | u64::from(u32_at(i + 4)) << 32;
+        Self {
+            src_cid: u64_at(0),
+            dst_cid: u64_at(8),
+            src_port: u32_at(16),
+            dst_port: u32_at(20),
+            len: u32_at(24),
+            type_: u16_at(28),
+            op: u16_at(30),
+            flags: u32_at(32),
+            buf_alloc: u32_at(36),
+            fwd_cnt: u32_at(40),
+        }
+    }
+
     fn from_packet(p: &VsockPacket<'_, ()>) -> Self {
         Self {
             src_cid: p.src_cid(),
@@ -157,14 +177,22 @@ impl Vsock {
         let mem = &active.mem;
         let queue = &mut active.queues[TX_QUEUE];
         let mut used = false;
-        while let Some(mut chain) = queue.pop_descriptor_chain(mem) {
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            match VsockPacket::from_tx_virtq_chain(mem, &mut chain, defs::MAX_PKT_DATA) {
+            // The common layouts (header and payload in one or two
+            // descriptors) are read in place; any other is copied.
+            match VsockPacket::from_tx_virtq_chain(mem, &mut chain.clone(), defs::MAX_PKT_DATA) {
                 Ok(pkt) => {
                     let hdr = VsockHeader::from_packet(&pkt);
                     self.muxer.send_to_host(&hdr, pkt.data_slice());
                 }
-                Err(e) => debug!("vsock: dropping bad TX packet: {e}"),
+                Err(_) => match gather_tx_packet(mem, chain) {
+                    Ok((hdr, mut data)) => {
+                        let data = (!data.is_empty()).then(|| VolatileSlice::from(&mut data[..]));
+                        self.muxer.send_to_host(&hdr, data.as_ref());
+                    }
+                    Err(e) => debug!("vsock: dropping bad TX packet: {e}"),
+                },
             }
             if let Err(e) = queue.add_used(mem, head, 0) {
                 error!("vsock: cannot return TX buffer: {e}");
@@ -225,6 +253,69 @@ impl Vsock {
     /// Number of open connections (for tests and metrics).
     pub fn connection_count(&self) -> usize {
         self.muxer.connection_count()
+    }
+}
+
+/// Reads a TX packet laid out over any number of descriptors. Linux sends a
+/// payload larger than about 32 KiB as page fragments, one descriptor each.
+/// Copies one header and at most [`defs::MAX_PKT_DATA`] bytes, whatever the
+/// descriptors claim.
+fn gather_tx_packet(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+) -> Result<(VsockHeader, Vec<u8>), &'static str> {
+    let mut reader = ChainReader {
+        mem,
+        chain,
+        current: None,
+    };
+    let mut raw = [0u8; PKT_HEADER_SIZE];
+    reader.read_exact(&mut raw)?;
+    let hdr = VsockHeader::from_bytes(&raw);
+    if hdr.len > defs::MAX_PKT_DATA {
+        return Err("payload larger than the maximum packet");
+    }
+    let mut data = vec![0u8; hdr.len as usize];
+    reader.read_exact(&mut data)?;
+    Ok((hdr, data))
+}
+
+/// Reads the device-readable bytes of a descriptor chain in order.
+struct ChainReader<'m> {
+    mem: &'m GuestMemoryMmap,
+    chain: DescriptorChain<&'m GuestMemoryMmap>,
+    /// What is left of the descriptor being read: (address, length).
+    current: Option<(GuestAddress, usize)>,
+}
+
+impl ChainReader<'_> {
+    fn read_exact(&mut self, mut buf: &mut [u8]) -> Result<(), &'static str> {
+        while !buf.is_empty() {
+            let (addr, left) = match self.current.take() {
+                Some(rest) if rest.1 > 0 => rest,
+                _ => {
+                    let desc = self
+                        .chain
+                        .next()
+                        .ok_or("packet shorter than its header says")?;
+                    if desc.is_write_only() {
+                        return Err("write-only descriptor in a TX chain");
+                    }
+                    (desc.addr(), desc.len() as usize)
+                }
+            };
+            let n = left.min(buf.len());
+            let (now, later) = std::mem::take(&mut buf).split_at_mut(n);
+            self.mem
+                .read_slice(now, addr)
+                .map_err(|_| "descriptor outside guest memory")?;
+            let next = addr
+                .checked_add(n as u64)
+                .ok_or("descriptor wraps the address space")?;
+            self.current = Some((next, left - n));
+            buf = later;
+        }
+        Ok(())
     }
 }
 
@@ -458,6 +549,50 @@ mod tests {
         }
         assert!(!dev.muxer.has_pending_rx());
         assert_eq!(dev.connection_count(), 0);
+    }
+
+    #[test]
+    fn payload_over_several_descriptors_reaches_the_host_in_order() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut dev = device(&dir);
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join("v.sock_5000"));
+        let mem = create_guest_memory(16 << 20).unwrap();
+        let q = activate(&mut dev, &mem);
+        write_hdr(&mem, 0x10_0000, &request(5000, 0));
+        add_chain(&q.tx, 0, &[(0x10_0000, 44, 0)]);
+        dev.process_tx();
+        let (mut host, _) = listener.unwrap().accept().unwrap();
+        host.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+
+        // As Linux sends a large write: header split in two, payload in
+        // three fragments; and the next packet in the usual two descriptors.
+        let payload: Vec<u8> = (0..100).collect();
+        write_hdr(&mem, 0x20_0000, &request(5000, 100));
+        mem.write_slice(&payload[..30], GuestAddress(0x30_0000))
+            .unwrap();
+        mem.write_slice(&payload[30..60], GuestAddress(0x31_0000))
+            .unwrap();
+        mem.write_slice(&payload[60..], GuestAddress(0x32_0000))
+            .unwrap();
+        let fragmented = [
+            (0x20_0000, 20, 0),
+            (0x20_0000 + 20, 24, 0),
+            (0x30_0000, 30, 0),
+            (0x31_0000, 30, 0),
+            (0x32_0000, 40, 0),
+        ];
+        add_chain(&q.tx, 1, &fragmented);
+        write_hdr(&mem, 0x40_0000, &request(5000, 3));
+        mem.write_slice(b"end", GuestAddress(0x41_0000)).unwrap();
+        add_chain(&q.tx, 6, &[(0x40_0000, 44, 0), (0x41_0000, 3, 0)]);
+        dev.process_tx();
+
+        let mut got = [0u8; 103];
+        std::io::Read::read_exact(&mut host, &mut got).unwrap();
+        assert_eq!(&got[..100], &payload[..]);
+        assert_eq!(&got[100..], b"end");
+        assert_eq!(dev.connection_count(), 1);
     }
 
     #[test]
