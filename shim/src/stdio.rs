@@ -122,9 +122,30 @@ const LOGGER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The host ends of one process's streams, copying in threads.
 pub struct ProcessIo {
     stdin_stop: Option<OwnedFd>,
-    done: mpsc::Receiver<()>,
-    pending_outputs: usize,
+    drain: Option<OutputDrain>,
     logger: Option<ManagedChild>,
+}
+
+/// Tells when every output stream of a process has reached its end.
+pub struct OutputDrain {
+    done: mpsc::Receiver<()>,
+    pending: usize,
+}
+
+impl OutputDrain {
+    /// Waits (up to `timeout`) until every output stream has reached its
+    /// end, so that all output is delivered before the exit is reported.
+    pub fn wait(mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.pending > 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.done.recv_timeout(left) {
+                Ok(()) => self.pending -= 1,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
 }
 
 impl ProcessIo {
@@ -148,10 +169,10 @@ impl ProcessIo {
         };
 
         let (done_tx, done) = mpsc::channel();
+        let mut drain = OutputDrain { done, pending: 0 };
         let mut io = ProcessIo {
             stdin_stop: None,
-            done,
-            pending_outputs: 0,
+            drain: None,
             logger: None,
         };
 
@@ -165,7 +186,7 @@ impl ProcessIo {
         for (stream, mut dest) in outputs {
             let mut conn = open_stream(stream)?;
             let done_tx = done_tx.clone();
-            io.pending_outputs += 1;
+            drain.pending += 1;
             thread::Builder::new()
                 .name(format!("io-{stream}"))
                 .spawn(move || {
@@ -177,6 +198,7 @@ impl ProcessIo {
                 })
                 .context("starting an output thread")?;
         }
+        io.drain = Some(drain);
 
         if wanted.stdin {
             let fifo = OpenOptions::new()
@@ -207,18 +229,10 @@ impl ProcessIo {
         }
     }
 
-    /// Waits (up to `timeout`) until every output stream has reached its
-    /// end, so that all output is delivered before the exit is reported.
-    pub fn wait_outputs(&mut self, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        while self.pending_outputs > 0 {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.done.recv_timeout(left) {
-                Ok(()) => self.pending_outputs -= 1,
-                Err(_) => return false,
-            }
-        }
-        true
+    /// The end-of-output notice, taken once: the exit path waits on it
+    /// without holding the process's I/O (CloseIO may come meanwhile).
+    pub fn take_output_drain(&mut self) -> Option<OutputDrain> {
+        self.drain.take()
     }
 }
 
@@ -474,7 +488,10 @@ mod tests {
             stdin_seen.recv_timeout(Duration::from_secs(10)).unwrap(),
             "hello"
         );
-        assert!(io.wait_outputs(Duration::from_secs(10)));
+        assert!(io
+            .take_output_drain()
+            .unwrap()
+            .wait(Duration::from_secs(10)));
         let mut out = String::new();
         let _ = reader.read_to_string(&mut out);
         assert_eq!(out, "out");
@@ -501,7 +518,10 @@ mod tests {
         };
         let (connect, _) = fake_agent();
         let mut io = ProcessIo::attach(&paths, "c7", "", "default", &connect).unwrap();
-        assert!(io.wait_outputs(Duration::from_secs(10)));
+        assert!(io
+            .take_output_drain()
+            .unwrap()
+            .wait(Duration::from_secs(10)));
         drop(io);
         let read = |ext: &str| std::fs::read_to_string(format!("{}.{ext}", log.display())).unwrap();
         assert_eq!(read("out"), "out");

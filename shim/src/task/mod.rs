@@ -61,6 +61,19 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Records the exit of `process` and publishes TaskExit, once: the wait
+    /// thread and the VM's death may both report it.
+    pub fn report_exit(&self, process: &Process, exit: ExitInfo) {
+        if process.set_exited(exit) {
+            self.events.exit(
+                &process.container_id,
+                &process.exec_id,
+                process.pid(),
+                &exit,
+            );
+        }
+    }
+
     pub fn containers(&self) -> MutexGuard<'_, HashMap<String, Container>> {
         self.containers.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -52,18 +52,17 @@ pub(super) fn spawn_waiter(shared: &Arc<Shared>, agent: AgentClient, process: Ar
                 ExitInfo::now(VM_GONE_STATUS)
             }
         };
-        if let Some(io) = process
+        let drain = process
             .io
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_mut()
-        {
-            if !io.wait_outputs(OUTPUT_DRAIN_TIMEOUT) {
-                warn!(
-                    "output of {}/{} still open {OUTPUT_DRAIN_TIMEOUT:?} after exit",
-                    process.container_id, process.exec_id
-                );
-            }
+            .and_then(|io| io.take_output_drain());
+        if drain.is_some_and(|drain| !drain.wait(OUTPUT_DRAIN_TIMEOUT)) {
+            warn!(
+                "output of {}/{} still open {OUTPUT_DRAIN_TIMEOUT:?} after exit",
+                process.container_id, process.exec_id
+            );
         }
         if process.exec_id.is_empty() {
             let stats = agent.stats_container(
@@ -79,14 +78,7 @@ pub(super) fn spawn_waiter(shared: &Arc<Shared>, agent: AgentClient, process: Ar
                 Err(e) => debug!("stats after exit of {}: {e}", process.container_id),
             }
         }
-        if process.set_exited(exit) {
-            shared.events.exit(
-                &process.container_id,
-                &process.exec_id,
-                process.pid(),
-                &exit,
-            );
-        }
+        shared.report_exit(&process, exit);
     });
     if let Err(e) = spawned {
         warn!("cannot start a wait thread: {e}");

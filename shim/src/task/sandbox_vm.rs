@@ -218,15 +218,7 @@ fn vm_exited(shared: &Shared) {
         if process.phase() == super::process::Phase::Created && process.pid() == 0 {
             continue;
         }
-        let exit = ExitInfo::now(VM_GONE_STATUS);
-        if process.set_exited(exit) {
-            shared.events.exit(
-                &process.container_id,
-                &process.exec_id,
-                process.pid(),
-                &exit,
-            );
-        }
+        shared.report_exit(&process, ExitInfo::now(VM_GONE_STATUS));
     }
 }
 
