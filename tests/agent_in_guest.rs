@@ -3,125 +3,21 @@
 //! OOM events, statistics and the freezer. Prints the measured latency.
 
 use std::{
-    fs,
     io::Read,
-    os::unix::{fs::symlink, net::UnixStream},
-    path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
-use firedoor_hypervisor::{QemuBackend, SHARED_FS_TAG};
-use firedoor_protocol::{
-    agent::*,
-    stdio::{Stream, StreamHeader},
-};
+use firedoor_hypervisor::QemuBackend;
+use firedoor_protocol::agent::GetOOMEventRequest;
 use firedoor_shim::sandbox::{ctx, Sandbox};
-use firedoor_tests::{assert_nothing_left, guest_spec};
+use firedoor_tests::{
+    assert_nothing_left,
+    guest::{make_rootfs, spec, Guest},
+    guest_spec,
+};
 
 /// Generous: everything runs in an instruction emulator.
 const TIMEOUT: Duration = Duration::from_secs(120);
-const GUEST_ROOTFS: &str = "/run/firedoor/shared/rootfs";
-
-fn make_rootfs(root: &Path) {
-    for dir in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
-        fs::create_dir_all(root.join(dir)).unwrap();
-    }
-    fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8(list.stdout).unwrap().lines() {
-        if applet != "busybox" {
-            symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-}
-
-/// A runc-style spec running `args`, with an optional memory limit.
-fn spec(args: &[&str], memory_limit: Option<u64>) -> Vec<u8> {
-    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
-    let resources = memory_limit.map_or(String::new(), |limit| {
-        format!(r#","resources":{{"memory":{{"limit":{limit},"swap":{limit}}}}}"#)
-    });
-    format!(
-        r#"{{"ociVersion":"1.0.2",
-  "process":{{"user":{{"uid":0,"gid":0}},"args":[{args}],"env":["PATH=/bin"],"cwd":"/",
-    "capabilities":{{"bounding":["CAP_KILL"],"effective":["CAP_KILL"],"permitted":["CAP_KILL"]}},
-    "noNewPrivileges":true}},
-  "root":{{"path":"rootfs"}},
-  "mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},
-    {{"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]}}],
-  "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"mount"}},{{"type":"ipc"}},{{"type":"uts"}}]{resources}}}}}"#,
-        args = args.join(",")
-    )
-    .into_bytes()
-}
-
-struct Guest {
-    sandbox: Sandbox,
-}
-
-impl Guest {
-    fn create(&self, id: &str, spec: Vec<u8>, stdout: bool) -> u32 {
-        let req = CreateContainerRequest {
-            container_id: id.into(),
-            oci_spec_json: spec,
-            rootfs: GUEST_ROOTFS.into(),
-            stdio: Some(Stdio {
-                stdout,
-                ..Default::default()
-            })
-            .into(),
-            ..Default::default()
-        };
-        self.sandbox
-            .agent()
-            .create_container(ctx(TIMEOUT), &req)
-            .unwrap()
-            .pid
-    }
-
-    fn container(id: &str) -> ContainerRequest {
-        ContainerRequest {
-            container_id: id.into(),
-            ..Default::default()
-        }
-    }
-
-    fn start(&self, id: &str) {
-        let agent = self.sandbox.agent();
-        agent
-            .start_container(ctx(TIMEOUT), &Self::container(id))
-            .unwrap();
-    }
-
-    fn stdout(&self, id: &str) -> UnixStream {
-        let mut conn = self.sandbox.connect_stdio().unwrap();
-        conn.set_read_timeout(Some(TIMEOUT)).unwrap();
-        StreamHeader::new(id, "", Stream::Stdout)
-            .attach(&mut conn)
-            .unwrap();
-        conn
-    }
-
-    fn wait(&self, id: &str) -> i32 {
-        let req = ProcessRequest {
-            container_id: id.into(),
-            ..Default::default()
-        };
-        let agent = self.sandbox.agent();
-        agent.wait_process(ctx(TIMEOUT), &req).unwrap().exit_status
-    }
-
-    fn remove(&self, id: &str) {
-        let req = RemoveContainerRequest {
-            container_id: id.into(),
-            force: true,
-            ..Default::default()
-        };
-        let agent = self.sandbox.agent();
-        agent.remove_container(ctx(TIMEOUT), &req).unwrap();
-    }
-}
 
 #[test]
 fn containers_run_in_the_guest_from_the_virtiofs_share() {
@@ -132,15 +28,8 @@ fn containers_run_in_the_guest_from_the_virtiofs_share() {
     vm.shared_dir = Some(share.path().to_owned());
     vm.memory_mib = 512;
     let sandbox = Sandbox::boot(&QemuBackend::detect().unwrap(), &vm).unwrap();
-    let guest = Guest { sandbox };
-    let agent = guest.sandbox.agent();
-    let req = CreateSandboxRequest {
-        sandbox_id: "pod".into(),
-        hostname: "pod".into(),
-        shared_fs_tag: SHARED_FS_TAG.into(),
-        ..Default::default()
-    };
-    agent.create_sandbox(ctx(TIMEOUT), &req).unwrap();
+    let guest = Guest::new(sandbox, TIMEOUT);
+    let agent = guest.agent();
 
     // echo: stdout and exit status, and the latency of the whole cycle.
     let started = Instant::now();
@@ -191,11 +80,6 @@ fn containers_run_in_the_guest_from_the_virtiofs_share() {
         .unwrap();
     guest.remove("sleep");
 
-    agent
-        .destroy_sandbox(ctx(TIMEOUT), &DestroySandboxRequest::new())
-        .unwrap();
-    let (status, killed) = guest.sandbox.shutdown().unwrap();
-    assert!(!killed && status.success(), "{status}");
-    drop(guest);
+    guest.shut_down();
     assert_nothing_left(run_base.path());
 }

@@ -1,0 +1,149 @@
+//! Containers in a real guest through the agent API, without containerd: a
+//! busybox rootfs shared by virtiofsd and thin wrappers over the RPCs. Used
+//! by tests/agent_in_guest.rs and the agent benchmark.
+
+use std::{fs, os::unix::fs::symlink, os::unix::net::UnixStream, path::Path, process::Command};
+
+use firedoor_hypervisor::SHARED_FS_TAG;
+use firedoor_protocol::{
+    agent::*,
+    stdio::{Stream, StreamHeader},
+};
+use firedoor_shim::sandbox::{ctx, Sandbox};
+
+/// Where the guest sees the `rootfs` directory of the shared dir.
+pub const GUEST_ROOTFS: &str = "/run/firedoor/shared/rootfs";
+
+/// A busybox rootfs at `root`, from the host's busybox-static.
+pub fn make_rootfs(root: &Path) {
+    for dir in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines() {
+        if applet != "busybox" {
+            symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+}
+
+/// A runc-style spec running `args`, with an optional memory limit.
+pub fn spec(args: &[&str], memory_limit: Option<u64>) -> Vec<u8> {
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    let resources = memory_limit.map_or(String::new(), |limit| {
+        format!(r#","resources":{{"memory":{{"limit":{limit},"swap":{limit}}}}}"#)
+    });
+    format!(
+        r#"{{"ociVersion":"1.0.2",
+  "process":{{"user":{{"uid":0,"gid":0}},"args":[{args}],"env":["PATH=/bin"],"cwd":"/",
+    "capabilities":{{"bounding":["CAP_KILL"],"effective":["CAP_KILL"],"permitted":["CAP_KILL"]}},
+    "noNewPrivileges":true}},
+  "root":{{"path":"rootfs"}},
+  "mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},
+    {{"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]}}],
+  "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"mount"}},{{"type":"ipc"}},{{"type":"uts"}}]{resources}}}}}"#,
+        args = args.join(",")
+    )
+    .into_bytes()
+}
+
+/// A booted guest serving the agent API, with one sandbox created.
+pub struct Guest {
+    pub sandbox: Sandbox,
+    /// Deadline of every RPC.
+    pub timeout: std::time::Duration,
+}
+
+impl Guest {
+    /// Creates the sandbox (hostname `pod`) on the shared filesystem.
+    pub fn new(sandbox: Sandbox, timeout: std::time::Duration) -> Guest {
+        let req = CreateSandboxRequest {
+            sandbox_id: "pod".into(),
+            hostname: "pod".into(),
+            shared_fs_tag: SHARED_FS_TAG.into(),
+            ..Default::default()
+        };
+        sandbox.agent().create_sandbox(ctx(timeout), &req).unwrap();
+        Guest { sandbox, timeout }
+    }
+
+    pub fn agent(&self) -> &firedoor_protocol::agent_ttrpc::AgentClient {
+        self.sandbox.agent()
+    }
+
+    /// Creates container `id`; returns its guest pid.
+    pub fn create(&self, id: &str, spec: Vec<u8>, stdout: bool) -> u32 {
+        let req = CreateContainerRequest {
+            container_id: id.into(),
+            oci_spec_json: spec,
+            rootfs: GUEST_ROOTFS.into(),
+            stdio: Some(Stdio {
+                stdout,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        self.agent()
+            .create_container(ctx(self.timeout), &req)
+            .unwrap()
+            .pid
+    }
+
+    pub fn container(id: &str) -> ContainerRequest {
+        ContainerRequest {
+            container_id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn start(&self, id: &str) {
+        self.agent()
+            .start_container(ctx(self.timeout), &Self::container(id))
+            .unwrap();
+    }
+
+    /// The container's stdout stream (it must have been created with one).
+    pub fn stdout(&self, id: &str) -> UnixStream {
+        let mut conn = self.sandbox.connect_stdio().unwrap();
+        conn.set_read_timeout(Some(self.timeout)).unwrap();
+        StreamHeader::new(id, "", Stream::Stdout)
+            .attach(&mut conn)
+            .unwrap();
+        conn
+    }
+
+    /// The exit status of the container's init.
+    pub fn wait(&self, id: &str) -> i32 {
+        let req = ProcessRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        self.agent()
+            .wait_process(ctx(self.timeout), &req)
+            .unwrap()
+            .exit_status
+    }
+
+    pub fn remove(&self, id: &str) {
+        let req = RemoveContainerRequest {
+            container_id: id.into(),
+            force: true,
+            ..Default::default()
+        };
+        self.agent()
+            .remove_container(ctx(self.timeout), &req)
+            .unwrap();
+    }
+
+    /// Destroys the sandbox and powers the guest off; panics unless the VM
+    /// ended by itself with status 0.
+    pub fn shut_down(self) {
+        self.agent()
+            .destroy_sandbox(ctx(self.timeout), &DestroySandboxRequest::new())
+            .unwrap();
+        let (status, killed) = self.sandbox.shutdown().unwrap();
+        assert!(!killed && status.success(), "{status}");
+    }
+}
