@@ -272,17 +272,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 const BUF_SIZE: usize = 64 * 1024;
 
-/// The largest write to a stream socket. Linux (6.12.y) sends a vsock
-/// write of more than about 32 KiB as a packet whose data spans several
-/// descriptors, which vhost-device-vsock 0.3 (the qemu backend's vsock
-/// device) cannot parse: it drops the packet and the stream stalls. Up to
-/// this size the data is one linear buffer, one descriptor.
-const MAX_STREAM_WRITE: usize = 16 * 1024;
-
 /// Process output to the host until EOF (for a pty: EIO once the last
 /// slave fd is closed), then a half-close so the host reads EOF.
 fn pump_out(mut src: File, mut conn: Conn) {
-    let mut buf = vec![0u8; MAX_STREAM_WRITE];
+    let mut buf = vec![0u8; BUF_SIZE];
     loop {
         let n = match src.read(&mut buf) {
             Ok(0) => break,

@@ -49,6 +49,13 @@ impl Accel {
 /// vhost-device-vsock, so the CID need not be unique on the host).
 const GUEST_CID: u32 = 3;
 
+/// The receive window vhost-device-vsock grants each guest connection. The
+/// guest never sends a packet larger than its credit, and Linux (6.12.y)
+/// sends payloads over about 32 KiB as page fragments over several
+/// descriptors, which vhost-device-vsock 0.3 cannot parse: it drops them
+/// and the stream stalls. 16 KiB keeps every guest packet in one buffer.
+const VSOCK_TX_WINDOW: u32 = 16 * 1024;
+
 /// How long vhost-device-vsock may take to create its socket.
 const HELPER_START_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -176,7 +183,9 @@ impl Backend for QemuBackend {
                 .arg("--socket")
                 .arg(vsock_socket(run_dir))
                 .arg("--uds-path")
-                .arg(run_dir.vsock_uds()),
+                .arg(run_dir.vsock_uds())
+                .arg("--tx-buffer-size")
+                .arg(VSOCK_TX_WINDOW.to_string()),
             &vsock_socket(run_dir),
             run_dir,
         )?];
