@@ -55,6 +55,17 @@ fn run_rm(ctrd: &Containerd, id: &str, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `ctr run --rm` of `true` with extra `ctr run` flags.
+fn run_rm_with(ctrd: &Containerd, id: &str, flags: &[&str]) -> std::process::Output {
+    let mut full = vec!["run", "--runtime", RUNTIME, "--rm"];
+    full.extend_from_slice(flags);
+    full.extend_from_slice(&[BUSYBOX_IMAGE, id, "true"]);
+    ctrd.ctr_command(&full)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -226,6 +237,65 @@ fn detached_task_exec_ps_pause_resume_metrics_kill_delete() {
     ctrd.ctr_ok(&["task", "delete", id]);
     ctrd.ctr_ok(&["containers", "rm", id]);
     assert_sandbox_gone(&ctrd, id);
+}
+
+/// The VM's size from containerd's runtime options (`--runtime-config-path`,
+/// as CRI's `ConfigPath`) and from the pod's annotations.
+#[test]
+fn runtime_options_and_annotations_size_the_vm() {
+    let ctrd = Containerd::start();
+    let config = ctrd.dir().join("two-cpus.toml");
+    fs::write(&config, "vcpus = 2\nmemory_mib = 192\n").unwrap();
+    let out = ctrd
+        .ctr_command(&[
+            "run",
+            "--runtime",
+            RUNTIME,
+            "--runtime-config-path",
+            config.to_str().unwrap(),
+            "--annotation",
+            "io.firedoor.vm.memory_mib=320",
+            "--rm",
+            BUSYBOX_IMAGE,
+            "fd-sized",
+            "sh",
+            "-c",
+            "nproc; head -n1 /proc/meminfo",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        ctrd.log_tail(30)
+    );
+    let stdout = text(&out.stdout);
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("2"), "{stdout}");
+    let kib: u64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {stdout}"));
+    // 320 MiB of RAM less what the kernel keeps for itself.
+    assert!((250 << 10..=320 << 10).contains(&kib), "MemTotal {kib} kB");
+
+    // A bad annotation: a clear error, nothing left.
+    let bad = run_rm_with(
+        &ctrd,
+        "fd-badsize",
+        &["--annotation", "io.firedoor.vm.vcpus=lots"],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("io.firedoor.vm.vcpus"),
+        "{}",
+        text(&bad.stderr)
+    );
+    assert_sandbox_gone(&ctrd, "fd-sized");
+    assert_sandbox_gone(&ctrd, "fd-badsize");
 }
 
 #[test]

@@ -64,6 +64,15 @@ impl Default for Config {
 
 pub const DEFAULT_PATH: &str = "/etc/firedoor/config.toml";
 
+/// containerd's runtime options for runtimes other than runc: CRI's
+/// `[...runtimes.firedoor.options]` `ConfigPath` / `ConfigBody`, and
+/// `ctr run --runtime-config-path`.
+pub const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
+
+/// Pod (or first container) annotations that size the sandbox VM.
+pub const VCPUS_ANNOTATION: &str = "io.firedoor.vm.vcpus";
+pub const MEMORY_ANNOTATION: &str = "io.firedoor.vm.memory_mib";
+
 impl Config {
     /// Loads the first config file that exists; defaults when none does.
     /// A file that exists but does not parse is an error naming the file.
@@ -93,12 +102,62 @@ impl Config {
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
         let text =
             fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let config: Config =
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        config
-            .validate()
-            .with_context(|| format!("in {}", path.display()))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates `text`; `origin` names it in errors.
+    fn from_toml(text: &str, origin: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text).with_context(|| format!("parsing {origin}"))?;
+        config.validate().with_context(|| format!("in {origin}"))?;
         Ok(config)
+    }
+
+    /// The configuration containerd's runtime options name (a file, or a
+    /// TOML body), `None` when they name neither. Options of another type
+    /// are an error: Firedoor would silently ignore them otherwise.
+    pub fn from_runtime_options(type_url: &str, value: &[u8]) -> anyhow::Result<Option<Config>> {
+        anyhow::ensure!(
+            type_url
+                .trim_start_matches('/')
+                .ends_with(RUNTIME_OPTIONS_TYPE),
+            "runtime options of type {type_url:?}: Firedoor takes {RUNTIME_OPTIONS_TYPE} \
+             (ConfigPath or ConfigBody in containerd's runtime options)"
+        );
+        let options = RuntimeOptions::decode(value)
+            .with_context(|| format!("decoding {RUNTIME_OPTIONS_TYPE}"))?;
+        if !options.config_path.is_empty() {
+            return Self::from_file(Path::new(&options.config_path)).map(Some);
+        }
+        if !options.config_body.is_empty() {
+            return Self::from_toml(&options.config_body, "the runtime options' ConfigBody")
+                .map(Some);
+        }
+        Ok(None)
+    }
+
+    /// This configuration with the VM size taken from `annotations`.
+    pub fn with_annotations(
+        mut self,
+        annotations: &std::collections::HashMap<String, String>,
+    ) -> anyhow::Result<Config> {
+        let number = |key: &str| -> anyhow::Result<Option<u32>> {
+            annotations
+                .get(key)
+                .map(|v| {
+                    v.trim()
+                        .parse()
+                        .with_context(|| format!("annotation {key}={v:?}: not a number"))
+                })
+                .transpose()
+        };
+        if let Some(vcpus) = number(VCPUS_ANNOTATION)? {
+            self.vcpus = vcpus;
+        }
+        if let Some(memory_mib) = number(MEMORY_ANNOTATION)? {
+            self.memory_mib = memory_mib;
+        }
+        self.validate().context("in the pod's annotations")?;
+        Ok(self)
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -147,6 +206,37 @@ impl Config {
     }
 }
 
+/// containerd's `runtimeoptions.v1.Options` (pkg/runtimeoptions/v1), read
+/// by hand: three string fields are not worth generated code.
+#[derive(Debug, Default, PartialEq)]
+struct RuntimeOptions {
+    config_path: String,
+    config_body: String,
+}
+
+impl RuntimeOptions {
+    fn decode(bytes: &[u8]) -> protobuf::Result<RuntimeOptions> {
+        let mut input = protobuf::CodedInputStream::from_bytes(bytes);
+        let mut options = RuntimeOptions::default();
+        while let Some(tag) = input.read_raw_tag_or_eof()? {
+            match (tag >> 3, tag & 7) {
+                // 1: type_url, informational.
+                (2, 2) => options.config_path = input.read_string()?,
+                (3, 2) => options.config_body = input.read_string()?,
+                (_, wire_type) => {
+                    let wire_type = protobuf::rt::WireType::new(wire_type).ok_or_else(|| {
+                        protobuf::Error::from(std::io::Error::other(format!(
+                            "bad wire type {wire_type}"
+                        )))
+                    })?;
+                    input.skip_field(wire_type)?
+                }
+            }
+        }
+        Ok(options)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +273,66 @@ mod tests {
         assert_eq!(config.backend_kind().unwrap(), Some(BackendKind::Qemu));
         assert_eq!((config.vcpus, config.memory_mib), (2, 512));
         assert_eq!(config.kernel_params, ["firedoor.log=debug"]);
+    }
+
+    /// Field `n` holding `text`, as protobuf encodes a string.
+    fn string_field(n: u8, text: &str) -> Vec<u8> {
+        let mut b = vec![n << 3 | 2, text.len() as u8];
+        b.extend_from_slice(text.as_bytes());
+        b
+    }
+
+    #[test]
+    fn runtime_options_name_a_file_or_carry_a_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fast.toml");
+        fs::write(&path, "vcpus = 2\n").unwrap();
+        let mut value = string_field(1, "ignored");
+        value.extend(string_field(2, path.to_str().unwrap()));
+        let config = Config::from_runtime_options("runtimeoptions.v1.Options", &value)
+            .unwrap()
+            .unwrap();
+        assert_eq!(config.vcpus, 2);
+
+        let value = string_field(3, "memory_mib = 300");
+        let config = Config::from_runtime_options("/runtimeoptions.v1.Options", &value)
+            .unwrap()
+            .unwrap();
+        assert_eq!(config.memory_mib, 300);
+
+        let none = Config::from_runtime_options(RUNTIME_OPTIONS_TYPE, &[]).unwrap();
+        assert_eq!(none, None);
+        let err = Config::from_runtime_options(RUNTIME_OPTIONS_TYPE, &string_field(3, "vcpus = 0"));
+        assert!(format!("{:#}", err.unwrap_err()).contains("ConfigBody"));
+        let err = Config::from_runtime_options("containerd.runc.v1.Options", &[]).unwrap_err();
+        assert!(err.to_string().contains("Firedoor takes"), "{err}");
+        let err = Config::from_runtime_options(RUNTIME_OPTIONS_TYPE, &[0x12, 0x40]).unwrap_err();
+        assert!(format!("{err:#}").contains("decoding"), "{err:#}");
+    }
+
+    #[test]
+    fn annotations_size_the_vm() {
+        let annotations = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let config = Config::default()
+            .with_annotations(&annotations(&[
+                (VCPUS_ANNOTATION, "2"),
+                (MEMORY_ANNOTATION, "1024"),
+            ]))
+            .unwrap();
+        assert_eq!((config.vcpus, config.memory_mib), (2, 1024));
+        let err = Config::default()
+            .with_annotations(&annotations(&[(VCPUS_ANNOTATION, "many")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("io.firedoor.vm.vcpus"), "{err}");
+        let err = Config::default()
+            .with_annotations(&annotations(&[(MEMORY_ANNOTATION, "8")]))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("at least 64"), "{err:#}");
     }
 
     #[test]

@@ -109,6 +109,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     /// `ctr --address <ours> ARGS`, with whatever it printed.
+    /// This containerd's private directory (config, sockets, state).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn ctr(&self, args: &[&str]) -> Output {
         self.ctr_command(args).output().unwrap()
     }

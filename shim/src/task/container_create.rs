@@ -68,17 +68,7 @@ pub(super) fn create(
         mount::mount_rootfs(&req.rootfs, &rootfs).map_err(internal)?;
         undo.rootfs = Some(rootfs.clone());
     }
-    let memory_limit_mib = oci
-        .linux()
-        .as_ref()
-        .and_then(|l| l.resources().as_ref())
-        .and_then(|r| r.memory().as_ref())
-        .and_then(|m| m.limit())
-        .filter(|l| *l > 0)
-        .map(|l| (l as u64).div_ceil(1 << 20) as u32);
-    let hostname = oci.hostname().clone().unwrap_or_default();
-    let sandbox = SandboxSlot::get_or_boot(shared, memory_limit_mib, &hostname)
-        .map_err(|e| status(Code::UNAVAILABLE, format!("starting the sandbox VM: {e:#}")))?;
+    let sandbox = SandboxSlot::get_or_boot(shared, &oci, req.options.as_ref())?;
 
     // The container's corner of the shared directory.
     let host_dir = shared.state_dir.join("shared").join(id);

@@ -13,7 +13,10 @@ use std::{
 };
 
 use anyhow::Context;
-use containerd_shim::protos::ttrpc::Code;
+use containerd_shim::{
+    protos::{protobuf::well_known_types::any::Any, ttrpc::Code},
+    TtrpcResult,
+};
 use firedoor_hypervisor::{host, BackendKind, VmSpec, SHARED_FS_TAG};
 use firedoor_protocol::agent::{CreateSandboxRequest, GetOOMEventRequest, StatsContainerResponse};
 use log::{error, info, warn};
@@ -59,24 +62,64 @@ impl SandboxSlot {
             .ok_or_else(|| status(Code::UNAVAILABLE, "the sandbox VM is not running"))
     }
 
-    /// The running sandbox, booting it first if this is the first container.
+    /// The running sandbox, booting it first if this is the first container
+    /// (`first`: its OCI spec; `options`: containerd's runtime options).
     pub fn get_or_boot(
         shared: &Arc<Shared>,
+        first: &oci_spec::runtime::Spec,
+        options: Option<&Any>,
+    ) -> TtrpcResult<Arc<Sandbox>> {
+        let slot = &shared.sandbox;
+        let mut guard = slot.sandbox.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.dead.load(Ordering::SeqCst) {
+            return Err(status(Code::UNAVAILABLE, "the sandbox VM has exited"));
+        }
+        if let Some(sandbox) = guard.as_ref() {
+            return Ok(sandbox.clone());
+        }
+        let invalid = |e: anyhow::Error| status(Code::INVALID_ARGUMENT, format!("{e:#}"));
+        let from_options = options
+            .map(|any| Config::from_runtime_options(&any.type_url, &any.value))
+            .transpose()
+            .map_err(invalid)?
+            .flatten();
+        let config = match from_options {
+            Some(config) => config,
+            None => shared
+                .config
+                .clone()
+                .map_err(|e| status(Code::FAILED_PRECONDITION, e))?,
+        };
+        let no_annotations = Default::default();
+        let config = config
+            .with_annotations(first.annotations().as_ref().unwrap_or(&no_annotations))
+            .map_err(invalid)?;
+        let unavailable =
+            |e: anyhow::Error| status(Code::UNAVAILABLE, format!("starting the sandbox VM: {e:#}"));
+        let memory_limit_mib = first
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.memory().as_ref())
+            .and_then(|m| m.limit())
+            .filter(|l| *l > 0)
+            .map(|l| (l as u64).div_ceil(1 << 20) as u32);
+        let hostname = first.hostname().clone().unwrap_or_default();
+        guard.replace(
+            Self::boot(shared, &config, memory_limit_mib, &hostname).map_err(unavailable)?,
+        );
+        Ok(guard.as_ref().expect("just set").clone())
+    }
+
+    fn boot(
+        shared: &Arc<Shared>,
+        config: &Config,
         memory_limit_mib: Option<u32>,
         hostname: &str,
     ) -> anyhow::Result<Arc<Sandbox>> {
         let slot = &shared.sandbox;
-        let mut guard = slot.sandbox.lock().unwrap_or_else(|e| e.into_inner());
-        anyhow::ensure!(
-            !slot.dead.load(Ordering::SeqCst),
-            "the sandbox VM has exited"
-        );
-        if let Some(sandbox) = guard.as_ref() {
-            return Ok(sandbox.clone());
-        }
-        let config = shared.config.clone().map_err(anyhow::Error::msg)?;
-        let spec = vm_spec(&config, &shared.state_dir, memory_limit_mib)?;
-        let sandbox = boot_watched(shared, &config, spec)?;
+        let spec = vm_spec(config, &shared.state_dir, memory_limit_mib)?;
+        let sandbox = boot_watched(shared, config, spec)?;
         let setup = CreateSandboxRequest {
             sandbox_id: shared
                 .state_dir
@@ -97,7 +140,6 @@ impl SandboxSlot {
             ));
         }
         spawn_oom_watcher(shared.clone(), sandbox.clone());
-        *guard = Some(sandbox.clone());
         Ok(sandbox)
     }
 
