@@ -226,11 +226,20 @@ fn detached_task_exec_ps_pause_resume_metrics_kill_delete() {
     ctrd.ctr_ok(&["task", "resume", id]);
     wait_status(&ctrd, id, "RUNNING");
 
+    // cgroup v2 metrics from the guest: sh and sleep, memory and CPU used.
     let metrics = ctrd.ctr_ok(&["task", "metrics", id]);
-    assert!(
-        metrics.contains("memory.usage_in_bytes") || metrics.contains("memory"),
-        "{metrics}"
-    );
+    let metric = |key: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| {
+                let mut fields = l.split_whitespace();
+                (fields.next() == Some(key)).then(|| fields.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no {key} in\n{metrics}"))
+    };
+    assert_eq!(metric("pids.current"), 2, "{metrics}");
+    assert!(metric("memory.usage") > 0, "{metrics}");
+    assert!(metric("cpu.usage_usec") > 0, "{metrics}");
 
     ctrd.ctr_ok(&["task", "kill", "-s", "SIGTERM", id]);
     wait_status(&ctrd, id, "STOPPED");
@@ -423,16 +432,21 @@ fn guest_that_never_answers_times_out() {
 fn vmm_killed_with_sigkill_ends_the_task_and_cleans_up() {
     let ctrd = Containerd::start();
     let id = "fd-vmkill";
-    ctrd.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        BUSYBOX_IMAGE,
-        id,
-        "sleep",
-        "1000",
-    ]);
+    // Attached: ctr exits with the exit status containerd reports.
+    let mut run = ctrd
+        .ctr_command(&[
+            "run",
+            "--runtime",
+            RUNTIME,
+            BUSYBOX_IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     wait_status(&ctrd, id, "RUNNING");
     let pids = fs::read_to_string(state_dir(id).join("vm.pids")).unwrap();
     let vmm: i32 = pids.lines().next().unwrap().parse().unwrap();
@@ -441,9 +455,13 @@ fn vmm_killed_with_sigkill_ends_the_task_and_cleans_up() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    wait_status(&ctrd, id, "STOPPED");
-    let out = ctrd.ctr_ok(&["task", "delete", id]);
-    assert!(out.is_empty() || out.contains("137"), "{out}");
+    // ctr saw TaskExit with the status and deleted the task.
+    let status = run.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(137),
+        "exit status reported for the task"
+    );
     ctrd.ctr_ok(&["containers", "rm", id]);
     assert_sandbox_gone(&ctrd, id);
 }
