@@ -1,5 +1,5 @@
 use std::{
-    fmt,
+    fmt, io,
     path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
@@ -52,6 +52,10 @@ pub struct VmSpec {
     pub boot_timeout: Duration,
     /// Parent directory of the VM's run directory (sockets, logs).
     pub run_base: PathBuf,
+    /// The run directory's name under `run_base`; `None`: a fresh random
+    /// name. A short fixed name keeps socket paths under the Unix limit
+    /// where the base is long (a sandbox's state directory).
+    pub run_dir_name: Option<String>,
     /// A host directory shared with the guest over virtio-fs, tag
     /// [`SHARED_FS_TAG`](crate::SHARED_FS_TAG) (container rootfs, volumes).
     pub shared_dir: Option<PathBuf>,
@@ -74,6 +78,7 @@ impl VmSpec {
             agent_port: 1024,
             boot_timeout: Duration::from_secs(30),
             run_base: std::env::temp_dir(),
+            run_dir_name: None,
             shared_dir: None,
             ready_marker: None,
         }
@@ -130,15 +135,36 @@ pub struct RunDir {
     dir: tempfile::TempDir,
 }
 
+/// Unix socket paths are at most 107 bytes (108 with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The longest socket name a backend binds in a run directory
+/// ("vhost-vsock.sock"; the others are shorter).
+pub(crate) const MAX_SOCKET_NAME: usize = 16;
+
 impl RunDir {
-    pub(crate) fn create(base: &Path) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("firedoor-vm-")
-            .tempdir_in(base)
-            .map_err(|source| Error::RunDir {
-                dir: base.to_owned(),
-                source,
-            })?;
+    pub(crate) fn create(base: &Path, name: Option<&str>) -> Result<Self> {
+        let err = |source| Error::RunDir {
+            dir: base.to_owned(),
+            source,
+        };
+        let mut builder = tempfile::Builder::new();
+        match name {
+            Some(name) => builder.prefix(name).rand_bytes(0),
+            None => builder.prefix("firedoor-vm-"),
+        };
+        let dir = builder.tempdir_in(base).map_err(err)?;
+        let longest = dir.path().as_os_str().len() + 1 + MAX_SOCKET_NAME;
+        if longest > MAX_SOCKET_PATH {
+            return Err(err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "socket paths in {} would be {longest} bytes, over the {MAX_SOCKET_PATH} \
+                     Unix sockets allow: use a shorter directory",
+                    dir.path().display()
+                ),
+            )));
+        }
         Ok(RunDir { dir })
     }
 
@@ -192,6 +218,29 @@ mod tests {
             assert_eq!(kind.to_string().parse::<BackendKind>().unwrap(), kind);
         }
         assert!("firecracker".parse::<BackendKind>().is_err());
+    }
+
+    #[test]
+    fn run_dir_is_named_or_random_and_socket_paths_fit() {
+        let base = tempfile::tempdir().unwrap();
+        let named = RunDir::create(base.path(), Some("vm")).unwrap();
+        assert_eq!(named.path(), base.path().join("vm"));
+        assert!(
+            RunDir::create(base.path(), Some("vm")).is_err(),
+            "vm exists"
+        );
+        let random = RunDir::create(base.path(), None).unwrap();
+        assert!(random.path().starts_with(base.path()));
+        let path = random.path().to_owned();
+        drop((named, random));
+        assert!(!path.exists() && !base.path().join("vm").exists());
+
+        // A base deep enough that the sockets could not be bound.
+        let deep = base.path().join("d".repeat(100));
+        std::fs::create_dir(&deep).unwrap();
+        let err = RunDir::create(&deep, Some("vm")).err().unwrap().to_string();
+        assert!(err.contains("Unix sockets allow"), "{err}");
+        assert_eq!(std::fs::read_dir(&deep).unwrap().count(), 0, "nothing left");
     }
 
     #[test]

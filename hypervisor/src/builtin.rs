@@ -109,7 +109,7 @@ mod tests {
 
     #[test]
     fn command_line_has_the_guest_sockets_and_agent_port() {
-        let run_dir = RunDir::create(&std::env::temp_dir()).unwrap();
+        let run_dir = RunDir::create(&std::env::temp_dir(), None).unwrap();
         let mut spec = VmSpec::new("/k/vmlinux", "/k/initramfs.img");
         spec.vcpus = 2;
         spec.memory_mib = 512;
@@ -136,7 +136,7 @@ mod tests {
 
     #[test]
     fn shared_dir_is_refused_before_anything_starts() {
-        let run_dir = RunDir::create(&std::env::temp_dir()).unwrap();
+        let run_dir = RunDir::create(&std::env::temp_dir(), None).unwrap();
         let mut spec = VmSpec::new("/k", "/i");
         spec.shared_dir = Some("/srv/share".into());
         let err = backend().launch(&spec, &run_dir).err().unwrap();

@@ -219,6 +219,7 @@ impl Backend for QemuBackend {
 }
 
 fn vsock_socket(run_dir: &RunDir) -> PathBuf {
+    // The longest socket name: see backend::MAX_SOCKET_NAME.
     run_dir.path().join("vhost-vsock.sock")
 }
 
@@ -278,7 +279,7 @@ mod tests {
             virtiofsd: None,
             accel: Accel::Tcg,
         };
-        let run_dir = RunDir::create(&std::env::temp_dir()).unwrap();
+        let run_dir = RunDir::create(&std::env::temp_dir(), None).unwrap();
         let mut spec = VmSpec::new("/k", "/i");
         spec.memory_mib = 512;
         spec.vcpus = 2;

@@ -86,7 +86,7 @@ impl MicroVm {
     pub fn start(backend: &dyn Backend, spec: &VmSpec) -> Result<(MicroVm, UnixStream)> {
         spec.validate()?;
         let started = Instant::now();
-        let run_dir = RunDir::create(&spec.run_base)?;
+        let run_dir = RunDir::create(&spec.run_base, spec.run_dir_name.as_deref())?;
         let launch = backend.launch(spec, &run_dir)?;
         let mut vm = MicroVm {
             kind: backend.kind(),

@@ -182,6 +182,8 @@ fn vm_spec(
     spec.boot_timeout = config.boot_timeout();
     spec.kernel_params = config.kernel_params.clone();
     spec.run_base = state_dir.to_owned();
+    // Short: the state dir of a CRI sandbox is already ~90 bytes long.
+    spec.run_dir_name = Some("vm".into());
     let shared_dir = state_dir.join("shared");
     mount::make_shared_mount_point(&shared_dir)?;
     spec.shared_dir = Some(shared_dir);
