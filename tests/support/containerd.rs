@@ -29,6 +29,17 @@ impl Containerd {
     /// As [`Containerd::start`], with `firedoor_config` as the shims'
     /// Firedoor config file (`FIREDOOR_CONFIG`).
     pub fn start_with_config(firedoor_config: &str) -> Containerd {
+        Self::launch(firedoor_config, false)
+    }
+
+    /// containerd with its CRI plugin: runtime handler `firedoor`, host
+    /// network pods only (no CNI), the pause image [`image::PAUSE_IMAGE`].
+    /// The busybox and pause images are in namespace `k8s.io`.
+    pub fn start_cri() -> Containerd {
+        Self::launch("", true)
+    }
+
+    fn launch(firedoor_config: &str, cri: bool) -> Containerd {
         assert!(
             Path::new("/usr/bin/containerd").is_file(),
             "containerd is missing: apt-get install containerd (scripts/setup does)"
@@ -45,12 +56,34 @@ impl Containerd {
             .tempdir_in("/tmp")
             .unwrap();
         let root = dir.path();
+        let plugins = if cri {
+            format!(
+                r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.firedoor]
+    runtime_type = "{RUNTIME}"
+    pod_annotations = ["io.firedoor.vm.*"]
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{root}/cni/bin"
+    conf_dir = "{root}/cni/conf"
+"#,
+                pause = image::PAUSE_IMAGE,
+                root = root.display()
+            )
+        } else {
+            r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]
+"#
+            .to_string()
+        };
         let config = format!(
             r#"version = 2
 root = "{root}/root"
 state = "{root}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
+{plugins}[grpc]
   address = "{root}/c.sock"
 [ttrpc]
   address = "{root}/c.sock.ttrpc"
@@ -82,7 +115,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         };
         containerd.wait_ready();
         let image = image::busybox_image_tar(containerd.dir.path());
-        containerd.ctr_ok(&["images", "import", image.to_str().unwrap()]);
+        if cri {
+            let pause = image::pause_image_tar(containerd.dir.path());
+            for tar in [&image, &pause] {
+                containerd.ctr_ok(&["-n", "k8s.io", "images", "import", tar.to_str().unwrap()]);
+            }
+        } else {
+            containerd.ctr_ok(&["images", "import", image.to_str().unwrap()]);
+        }
         containerd
     }
 
@@ -108,12 +148,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         self.dir.path().join("c.sock")
     }
 
-    /// `ctr --address <ours> ARGS`, with whatever it printed.
     /// This containerd's private directory (config, sockets, state).
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
+    /// `ctr --address <ours> ARGS`, with whatever it printed.
     pub fn ctr(&self, args: &[&str]) -> Output {
         self.ctr_command(args).output().unwrap()
     }
