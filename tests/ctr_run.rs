@@ -203,6 +203,21 @@ fn detached_task_exec_ps_pause_resume_metrics_kill_delete() {
         "trap 'exit 0' TERM; sleep 1000 & wait",
     ]);
     wait_status(&ctrd, id, "RUNNING");
+    // The shim catches no SIGCHLD: nothing reaps the VM's processes behind
+    // the back of the code that waits for them.
+    for pid in ctrd.shim_pids() {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
+            .unwrap();
+        assert_eq!(
+            caught & (1 << (nix::sys::signal::Signal::SIGCHLD as u32 - 1)),
+            0,
+            "shim {pid} catches SIGCHLD"
+        );
+    }
 
     let out = ctrd.ctr_ok(&[
         "task",

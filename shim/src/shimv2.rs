@@ -32,7 +32,15 @@ const STATE_ROOT: &str = "/run/firedoor";
 
 /// Runs the shim; called from `main`.
 pub fn run() {
-    shim::run::<FiredoorShim>(RUNTIME_ID, None)
+    // We wait for our own children by PID (pidfds); a SIGCHLD reaper that
+    // collects every child would steal their exit statuses. These must be
+    // set here: the crate installs signal handling before Shim::new.
+    let config = ShimConfig {
+        no_reaper: true,
+        no_sub_reaper: true,
+        ..Default::default()
+    };
+    shim::run::<FiredoorShim>(RUNTIME_ID, Some(config))
 }
 
 pub struct FiredoorShim {
@@ -50,10 +58,6 @@ impl shim::Shim for FiredoorShim {
         if let Ok(config) = &config {
             shim_config.default_log_level = config.log_level.clone();
         }
-        // We wait for our own children by PID; a reaper that collects every
-        // child would steal their exit statuses.
-        shim_config.no_reaper = true;
-        shim_config.no_sub_reaper = true;
         FiredoorShim {
             id: args.id.clone(),
             namespace: args.namespace.clone(),
