@@ -6,12 +6,14 @@
 //!
 //! Why our own small compiler and the raw bpf(2) syscall rather than
 //! libcontainer's `cgroupsv2_devices` feature: that feature pulls in
-//! libbpf-sys (a C library built from source, plus static libelf, libz and
-//! libzstd for the static agent) and rbpf, and attaches inside libcontainer
-//! where we could not replace the program on UpdateContainer. What we need is
-//! about a dozen instruction shapes and three syscalls; the compiler is
-//! checked below against a reference evaluator through an interpreter of the
-//! emitted bytes, and the kernel verifier checks it again on every load.
+//! libbpf-sys (libbpf's C sources built by the build script, linked with
+//! static libelf, libz and libzstd into the static agent) and rbpf, a second
+//! native toolchain dependency of the guest build for what is about a dozen
+//! instruction shapes and two syscalls here. Owning it also lets UpdateContainer
+//! swap programs atomically (BPF_F_REPLACE) and gives errors that name the bad
+//! rule. The compiler is checked below against a reference evaluator through
+//! an interpreter of the emitted bytes, and the kernel verifier checks it
+//! again on every load.
 //!
 //! Semantics (the OCI spec: "the runtime MUST apply entries in the listed
 //! order"): access is denied unless allowed; each rule sets (allow) or clears
@@ -88,11 +90,9 @@ pub enum DeviceRuleError {
 pub enum DeviceFilterError {
     #[error(transparent)]
     Rule(#[from] DeviceRuleError),
-    #[error(
-        "loading the device filter into the kernel: {source}{verifier}; \
-         the guest kernel needs CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF"
-    )]
-    Load { source: io::Error, verifier: String },
+    /// `why` is the verifier's verdict, or a hint about the kernel.
+    #[error("loading the device filter into the kernel: {source}; {why}")]
+    Load { source: io::Error, why: String },
     #[error("opening cgroup {path:?} to attach its device filter: {source}")]
     OpenCgroup { path: PathBuf, source: io::Error },
     #[error(
@@ -425,6 +425,8 @@ unsafe fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
 
 /// Size of the verifier log asked for after a failed load.
 const VERIFIER_LOG_SIZE: usize = 64 * 1024;
+/// How many of its last lines go into the error.
+const VERIFIER_LOG_LINES: usize = 4;
 
 fn load(program: &[Insn]) -> Result<OwnedFd, DeviceFilterError> {
     let license = CString::new("Apache-2.0").expect("no NUL");
@@ -460,13 +462,16 @@ fn load(program: &[Insn]) -> Result<OwnedFd, DeviceFilterError> {
             Ok(fd) => Ok(fd),
             Err(_) => {
                 let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-                let text = String::from_utf8_lossy(&log[..end]).trim().to_string();
-                let verifier = if text.is_empty() {
-                    String::new()
+                let text = String::from_utf8_lossy(&log[..end]);
+                // The verifier's verdict is at the end of its trace.
+                let lines: Vec<&str> = text.trim().lines().collect();
+                let text = lines[lines.len().saturating_sub(VERIFIER_LOG_LINES)..].join("; ");
+                let why = if text.is_empty() {
+                    "the guest kernel needs CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF".to_string()
                 } else {
-                    format!(" (verifier: {text})")
+                    format!("the kernel's verifier rejected it, a bug in the agent: {text}")
                 };
-                Err(DeviceFilterError::Load { source, verifier })
+                Err(DeviceFilterError::Load { source, why })
             }
         }
     })
@@ -839,6 +844,12 @@ mod tests {
         let rules = container_rules(Some(&spec)).unwrap();
         load(&compile(&rules)).unwrap();
         load(&compile(&[])).unwrap();
+        // A rejected program's error carries the verifier's verdict.
+        let err = load(&[Insn::exit()]).unwrap_err().to_string();
+        assert!(
+            err.contains("verifier rejected it") && err.contains("R0"),
+            "{err}"
+        );
     }
 
     #[test]
