@@ -1,6 +1,8 @@
 //! A container's cgroup v2 group: statistics, freezer, kill, removal and
 //! resource updates (the latter through libcgroups, which also applied the
-//! spec's resources at creation).
+//! spec's resources at creation), and its device filter (`devices`).
+
+pub mod devices;
 
 use std::{
     collections::HashMap,

@@ -21,7 +21,10 @@ use log::{info, warn};
 use nix::{sys::signal::Signal, unistd::Pid};
 
 use crate::{
-    cgroup::Cgroup,
+    cgroup::{
+        devices::{self, DeviceFilter},
+        Cgroup,
+    },
     error::{chain, AgentError, Result},
     helper,
     oom::{OomCounter, OomEvents},
@@ -100,6 +103,8 @@ pub struct Container {
     execs: Mutex<HashMap<String, Arc<Process>>>,
     started: Mutex<bool>,
     oom: Arc<OomCounter>,
+    /// The device program attached to the group; UpdateContainer replaces it.
+    devices: Mutex<DeviceFilter>,
 }
 
 impl Container {
@@ -298,7 +303,22 @@ impl Runtime {
                 no_pivot: self.opts.no_pivot,
             },
         };
+        // Checked before the helper runs so that a bad rule costs nothing.
+        let device_rules = devices::container_rules(
+            spec.linux()
+                .as_ref()
+                .and_then(|l| l.resources().as_ref())
+                .and_then(|r| r.devices().as_ref()),
+        )?;
         let (pid, master) = self.run_helper(&request, side, &format!("creating container {id}"))?;
+        // libcontainer (built without its cgroupsv2_devices feature) leaves
+        // device access to us. The container's init waits for StartContainer
+        // before it runs the container's program, so the filter is in place
+        // before any of the container's code runs; the device nodes
+        // libcontainer made in /dev were made without it, as the default
+        // rules would allow anyway.
+        let device_filter = DeviceFilter::attach(&cgroup.dir(), &device_rules, None)
+            .map_err(|e| AgentError::Internal(format!("container {id}: {e}")))?;
         if let Some(master) = master {
             streams
                 .set_terminal(master, enabled[0], true)
@@ -313,6 +333,7 @@ impl Runtime {
             execs: Mutex::new(HashMap::new()),
             started: Mutex::new(false),
             oom: oom.clone(),
+            devices: Mutex::new(device_filter),
         });
         let init = container.init.clone();
         let events = self.oom.clone();
@@ -588,7 +609,18 @@ impl Runtime {
     pub fn update(&self, id: &str, resources_json: &[u8]) -> Result<()> {
         let container = self.container(id)?;
         let resources = spec::parse_resources(resources_json)?;
-        container.cgroup.update(&resources)
+        // Validate the device rules before changing anything.
+        let device_rules = match resources.devices() {
+            Some(rules) => Some(devices::container_rules(Some(rules))?),
+            None => None,
+        };
+        container.cgroup.update(&resources)?;
+        if let Some(rules) = device_rules {
+            lock(&container.devices)
+                .replace(&rules)
+                .map_err(|e| AgentError::Internal(format!("container {id}: {e}")))?;
+        }
+        Ok(())
     }
 
     pub fn stats(&self, id: &str) -> Result<firedoor_protocol::agent::StatsContainerResponse> {

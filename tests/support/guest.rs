@@ -30,20 +30,53 @@ pub fn make_rootfs(root: &Path) {
 
 /// A runc-style spec running `args`, with an optional memory limit.
 pub fn spec(args: &[&str], memory_limit: Option<u64>) -> Vec<u8> {
-    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
-    let resources = memory_limit.map_or(String::new(), |limit| {
-        format!(r#","resources":{{"memory":{{"limit":{limit},"swap":{limit}}}}}"#)
-    });
+    let resources =
+        memory_limit.map(|limit| format!(r#""memory":{{"limit":{limit},"swap":{limit}}}"#));
+    runc_spec(args, &["CAP_KILL"], resources.as_deref())
+}
+
+/// containerd's default `linux.resources.devices`: deny everything, then
+/// allow mknod of any node and full access to the usual ones.
+pub const CONTAINERD_DEVICE_RULES: &str = r#"[
+    {"allow":false,"access":"rwm"},
+    {"allow":true,"type":"c","access":"m"},{"allow":true,"type":"b","access":"m"},
+    {"allow":true,"type":"c","major":1,"minor":3,"access":"rwm"},
+    {"allow":true,"type":"c","major":1,"minor":8,"access":"rwm"},
+    {"allow":true,"type":"c","major":1,"minor":7,"access":"rwm"},
+    {"allow":true,"type":"c","major":5,"minor":0,"access":"rwm"},
+    {"allow":true,"type":"c","major":1,"minor":5,"access":"rwm"},
+    {"allow":true,"type":"c","major":1,"minor":9,"access":"rwm"},
+    {"allow":true,"type":"c","major":5,"minor":1,"access":"rwm"},
+    {"allow":true,"type":"c","major":136,"access":"rwm"},
+    {"allow":true,"type":"c","major":5,"minor":2,"access":"rwm"}]"#;
+
+/// Like `spec`, with CAP_MKNOD (containerd grants it by default) and the
+/// device rules `rules_json` (a `linux.resources.devices` array).
+pub fn spec_with_devices(args: &[&str], rules_json: &str) -> Vec<u8> {
+    let resources = format!(r#""devices":{rules_json}"#);
+    runc_spec(args, &["CAP_KILL", "CAP_MKNOD"], Some(&resources))
+}
+
+/// `resources` is the inside of `linux.resources`.
+fn runc_spec(args: &[&str], capabilities: &[&str], resources: Option<&str>) -> Vec<u8> {
+    let quoted = |words: &[&str]| {
+        words
+            .iter()
+            .map(|w| format!("{w:?}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (args, caps) = (quoted(args), quoted(capabilities));
+    let resources = resources.map_or(String::new(), |r| format!(r#","resources":{{{r}}}"#));
     format!(
         r#"{{"ociVersion":"1.0.2",
   "process":{{"user":{{"uid":0,"gid":0}},"args":[{args}],"env":["PATH=/bin"],"cwd":"/",
-    "capabilities":{{"bounding":["CAP_KILL"],"effective":["CAP_KILL"],"permitted":["CAP_KILL"]}},
+    "capabilities":{{"bounding":[{caps}],"effective":[{caps}],"permitted":[{caps}]}},
     "noNewPrivileges":true}},
   "root":{{"path":"rootfs"}},
   "mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},
     {{"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]}}],
-  "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"mount"}},{{"type":"ipc"}},{{"type":"uts"}}]{resources}}}}}"#,
-        args = args.join(",")
+  "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"mount"}},{{"type":"ipc"}},{{"type":"uts"}}]{resources}}}}}"#
     )
     .into_bytes()
 }
