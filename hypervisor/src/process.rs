@@ -5,7 +5,7 @@ use std::{
     fs::File,
     io,
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
         unix::process::CommandExt,
     },
     path::{Path, PathBuf},
@@ -122,13 +122,16 @@ impl ManagedChild {
         self.pidfd.try_clone()
     }
 
-    /// SIGTERM, then SIGKILL after `grace`; always reaps.
+    /// SIGTERM, then SIGKILL after `grace`; always reaps, and waits for
+    /// the processes the child started (see [`group_members`]).
     pub fn terminate(&mut self, grace: Duration) -> io::Result<ExitStatus> {
         if let Some(status) = self.try_wait()? {
             return Ok(status);
         }
+        let members = group_members(self.pid());
         self.signal(Signal::SIGTERM);
         if let Some(status) = self.wait_timeout(grace)? {
+            end_all(&self.name, members);
             return Ok(status);
         }
         warn!(
@@ -136,17 +139,23 @@ impl ManagedChild {
             self.name,
             self.pid()
         );
-        self.kill()
+        self.kill_with(members)
     }
 
-    /// SIGKILL and reap.
+    /// SIGKILL and reap, and the same for the processes it started.
     pub fn kill(&mut self) -> io::Result<ExitStatus> {
         if let Some(status) = self.try_wait()? {
             return Ok(status);
         }
+        let members = group_members(self.pid());
+        self.kill_with(members)
+    }
+
+    fn kill_with(&mut self, members: Vec<OwnedFd>) -> io::Result<ExitStatus> {
         self.signal(Signal::SIGKILL);
         let status = self.child.wait()?;
         self.exited = Some(status);
+        end_all(&self.name, members);
         Ok(status)
     }
 
@@ -173,6 +182,84 @@ impl Drop for ManagedChild {
             warn!("stopping {} (pid {}): {e}", self.name, self.pid());
         }
     }
+}
+
+/// How long a child's own children may take to follow it out.
+const GROUP_GRACE: Duration = Duration::from_secs(2);
+
+/// Pidfds of the other processes in process group `pgid` (our child is its
+/// leader: spawned with `process_group(0)`), such as virtiofsd's sandboxed
+/// worker. Taken before the leader is signalled, so that stopping a helper
+/// also waits for what it started and nothing outlives the VM.
+fn group_members(pgid: u32) -> Vec<OwnedFd> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != pgid && process_group_of(pid) == Some(pgid))
+        .filter_map(|pid| pidfd_open(pid).ok())
+        .collect()
+}
+
+/// Field 5 of /proc/PID/stat; the command name before it may hold spaces
+/// and parentheses, so count from the last ')'.
+fn process_group_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Waits for `members` to exit; SIGKILLs the ones still there after
+/// [`GROUP_GRACE`].
+fn end_all(name: &str, members: Vec<OwnedFd>) {
+    if members.is_empty() || wait_all_exited(&members, GROUP_GRACE) {
+        return;
+    }
+    warn!("processes started by {name} outlived it by {GROUP_GRACE:?}; killing them");
+    for pidfd in &members {
+        // SAFETY: pidfd_send_signal reads only its arguments (no siginfo);
+        // the pidfd names exactly the process we opened, never a reused PID.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+    if !wait_all_exited(&members, GROUP_GRACE) {
+        warn!("processes started by {name} survived SIGKILL");
+    }
+}
+
+/// True once every pidfd is readable (its process has exited).
+fn wait_all_exited(pidfds: &[OwnedFd], timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut pending: Vec<&OwnedFd> = pidfds.iter().collect();
+    while !pending.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut fds: Vec<PollFd> = pending
+            .iter()
+            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+            .collect();
+        let ms =
+            PollTimeout::try_from(left.as_millis().min(10_000) as u32).unwrap_or(PollTimeout::ZERO);
+        match poll(&mut fds, ms) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+            Ok(_) => {}
+        }
+        let exited: Vec<bool> = fds.iter().map(|fd| fd.any().unwrap_or(false)).collect();
+        let mut exited = exited.into_iter();
+        pending.retain(|_| !exited.next().unwrap_or(false));
+    }
+    true
 }
 
 fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
@@ -243,6 +330,39 @@ mod tests {
         let pid = Pid::from_raw(child.pid() as i32);
         drop(child);
         assert!(kill(pid, None).is_err(), "child still exists after drop");
+    }
+
+    #[test]
+    fn stopping_a_child_ends_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let mut child = ManagedChild::spawn(
+            "sh",
+            Command::new("sh").args(["-c", "sleep 30 & echo $!; wait"]),
+            Some(&log),
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let grandchild = loop {
+            if let Ok(pid) = std::fs::read_to_string(&log).unwrap().trim().parse::<i32>() {
+                break Pid::from_raw(pid);
+            }
+            assert!(Instant::now() < deadline, "no pid from the shell");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        child.kill().unwrap();
+        // Not our child, so it cannot be reaped here: gone or a zombie.
+        let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+        let state = state
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next();
+        assert!(
+            matches!(state, None | Some("Z") | Some("X")),
+            "grandchild {grandchild}: {state:?}"
+        );
     }
 
     #[test]
