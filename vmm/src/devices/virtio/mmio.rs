@@ -106,7 +106,7 @@ impl MmioTransport {
         self.driver_features_select = 0;
         self.driver_features = 0;
         self.status = 0;
-        self.interrupt.ack(u32::MAX);
+        self.interrupt.reset();
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -133,6 +133,9 @@ impl MmioTransport {
             VIRTIO_MMIO_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size().into()),
             VIRTIO_MMIO_QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready().into()),
             VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
+            VIRTIO_MMIO_STATUS if self.interrupt.needs_reset() => {
+                self.status | VIRTIO_CONFIG_S_NEEDS_RESET
+            }
             VIRTIO_MMIO_STATUS => self.status,
             VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
             _ => {
@@ -286,8 +289,7 @@ impl MmioTransport {
                 "virtio-mmio: device {} activation failed: {e}",
                 self.device_id
             );
-            self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
-            self.interrupt.signal_config_change();
+            self.interrupt.signal_needs_reset();
         }
     }
 }
