@@ -9,7 +9,11 @@ use std::{
     sync::Mutex,
 };
 
-use firedoor_tests::{assert_nothing_left, bin, guest_image, workspace_root};
+use firedoor_hypervisor::{host, qemu::VIRTIOFSD, BuiltinBackend};
+use firedoor_tests::{
+    assert_nothing_left, bin, guest_containers::containers_run_from_the_virtiofs_share,
+    guest_image, workspace_root,
+};
 
 /// One L1 VM at a time: each emulates 2 CPUs on a small machine.
 static NESTED: Mutex<()> = Mutex::new(());
@@ -121,6 +125,43 @@ fn builtin_vmm_disk_is_read_and_written_by_linux() {
         Some(Some("1")),
         "{stdout}"
     );
+}
+
+/// The container scenario of tests/agent_in_guest.rs with the built-in
+/// backend: containers run from a directory shared over the VMM's virtio-fs
+/// (vhost-user to virtiofsd), including a file read from the host and one
+/// written back. Runs [`containers_with_the_builtin_backend_inside_l1`] of
+/// this very test binary inside scripts/nested-kvm.
+#[test]
+fn builtin_vmm_runs_containers_from_a_virtiofs_share() {
+    bin("firedoor-vmm");
+    let exe = std::env::current_exe().unwrap();
+    let out = nested(&[
+        exe.to_str().unwrap(),
+        "containers_with_the_builtin_backend_inside_l1",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    assert!(
+        stdout.contains("test containers_with_the_builtin_backend_inside_l1 ... ok"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(builtin backend, kvm)"), "{stdout}");
+}
+
+/// Needs hardware KVM: started inside L1 by
+/// [`builtin_vmm_runs_containers_from_a_virtiofs_share`].
+#[test]
+#[ignore = "needs hardware KVM; run inside scripts/nested-kvm by builtin_vmm_runs_containers_from_a_virtiofs_share"]
+fn containers_with_the_builtin_backend_inside_l1() {
+    let backend = BuiltinBackend {
+        vmm: bin("firedoor-vmm"),
+        virtiofsd: host::find_program(VIRTIOFSD),
+    };
+    containers_run_from_the_virtiofs_share(&backend);
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::{
 use firedoor_hypervisor::VmSpec;
 
 pub mod containerd;
+pub mod guest_containers;
 pub mod image;
 
 /// The workspace root (this crate lives in `<root>/tests`).
