@@ -857,28 +857,8 @@ mod tests {
     /// virtiofsd is noticed on the next request.
     #[test]
     fn real_virtiofsd_accepts_the_rings() {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let virtiofsd = std::env::split_paths(&path)
-            .chain(std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin")))
-            .map(|dir| dir.join("virtiofsd"))
-            .find(|p| p.is_file())
-            .expect("virtiofsd is missing: run scripts/setup");
         let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("fs.sock");
-        let mut daemon = std::process::Command::new(virtiofsd)
-            .arg("--socket-path")
-            .arg(&socket)
-            .arg("--shared-dir")
-            .arg(dir.path())
-            .args(["--sandbox", "none", "--log-level", "error"])
-            .spawn()
-            .unwrap();
-        for _ in 0..500 {
-            if socket.exists() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        let (mut daemon, socket) = crate::test_utils::spawn_virtiofsd(dir.path());
         let mem = create_guest_memory_backed(16 << 20, MemoryBacking::SharedMemfd).unwrap();
         let fs = Fs::connect(&socket, "real", interrupt()).unwrap();
         assert_eq!(fs.avail_features() & VIRTIO_F_VERSION_1, VIRTIO_F_VERSION_1);
