@@ -11,8 +11,12 @@ use std::{
 
 use firedoor_hypervisor::{host, qemu::VIRTIOFSD, BuiltinBackend};
 use firedoor_tests::{
-    assert_nothing_left, bin, guest_containers::containers_run_from_the_virtiofs_share,
-    guest_image, workspace_root,
+    assert_nothing_left, bin,
+    containerd::{Containerd, RUNTIME},
+    guest_containers::containers_run_from_the_virtiofs_share,
+    guest_image,
+    image::BUSYBOX_IMAGE,
+    workspace_root,
 };
 
 /// One L1 VM at a time: each emulates 2 CPUs on a small machine.
@@ -162,6 +166,68 @@ fn containers_with_the_builtin_backend_inside_l1() {
         virtiofsd: host::find_program(VIRTIOFSD),
     };
     containers_run_from_the_virtiofs_share(&backend);
+}
+
+/// What a user on a hardware-KVM host gets: `ctr run` through containerd,
+/// the shim with its default backend ("auto"), which now picks the built-in
+/// VMM and shares the image's rootfs over its virtio-fs. Runs
+/// [`ctr_run_with_the_auto_backend_inside_l1`] inside scripts/nested-kvm.
+#[test]
+fn ctr_run_picks_the_builtin_backend_on_hardware_kvm() {
+    bin("firedoor-vmm");
+    bin("containerd-shim-firedoor-v2");
+    let exe = std::env::current_exe().unwrap();
+    let out = nested(&[
+        exe.to_str().unwrap(),
+        "ctr_run_with_the_auto_backend_inside_l1",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    assert!(
+        stdout.contains("test ctr_run_with_the_auto_backend_inside_l1 ... ok"),
+        "{stdout}"
+    );
+}
+
+/// Needs hardware KVM: started inside L1 by
+/// [`ctr_run_picks_the_builtin_backend_on_hardware_kvm`].
+#[test]
+#[ignore = "needs hardware KVM; run inside scripts/nested-kvm by ctr_run_picks_the_builtin_backend_on_hardware_kvm"]
+fn ctr_run_with_the_auto_backend_inside_l1() {
+    let ctrd = Containerd::start();
+    let out = ctrd
+        .ctr_command(&[
+            "run",
+            "--runtime",
+            RUNTIME,
+            "--rm",
+            BUSYBOX_IMAGE,
+            "fd-nested",
+            "echo",
+            "hello from the microVM",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let log = ctrd.log_tail(100_000);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ctrd.log_tail(40)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the microVM\n"
+    );
+    assert!(
+        log.contains("with the builtin backend (kvm)"),
+        "the shim did not pick the builtin backend:\n{}",
+        ctrd.log_tail(40)
+    );
 }
 
 #[test]

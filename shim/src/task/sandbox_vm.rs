@@ -162,6 +162,11 @@ fn boot_watched(
         None => backends::default_kind(&kvm),
     };
     let backend = backends::create_with(kind, &kvm, config)?;
+    info!(
+        "booting the sandbox VM with the {} backend ({})",
+        backend.kind(),
+        backend.accelerator()
+    );
     let (tx, rx) = mpsc::channel();
     let watcher_shared = Arc::downgrade(shared);
     thread::Builder::new()
