@@ -149,6 +149,8 @@ fn builtin_vmm_runs_containers_from_a_virtiofs_share() {
     ]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    // The inner run's own report, with the measured latency.
+    eprintln!("{stdout}");
     assert!(
         stdout.contains("test containers_with_the_builtin_backend_inside_l1 ... ok"),
         "{stdout}"

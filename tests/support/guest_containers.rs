@@ -136,6 +136,9 @@ pub fn containers_run_from_the_virtiofs_share(backend: &dyn Backend) {
     let mut vm = guest_spec(run_base.path());
     vm.shared_dir = Some(share.path().to_owned());
     vm.memory_mib = 512;
+    // Emulated hardware (TCG, or the nested harness) on a shared, loaded
+    // machine can take far longer than the default to boot.
+    vm.boot_timeout = TIMEOUT;
     let sandbox = Sandbox::boot(backend, &vm).unwrap();
     let guest = Guest { sandbox };
     let agent = guest.sandbox.agent();
