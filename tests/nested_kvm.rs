@@ -199,7 +199,8 @@ fn ctr_run_picks_the_builtin_backend_on_hardware_kvm() {
 #[test]
 #[ignore = "needs hardware KVM; run inside scripts/nested-kvm by ctr_run_picks_the_builtin_backend_on_hardware_kvm"]
 fn ctr_run_with_the_auto_backend_inside_l1() {
-    let ctrd = Containerd::start();
+    // backend stays "auto"; L2 boots slowly when the machine is loaded.
+    let ctrd = Containerd::start_with_config("boot_timeout_secs = 120\n");
     let out = ctrd
         .ctr_command(&[
             "run",
@@ -215,9 +216,13 @@ fn ctr_run_with_the_auto_backend_inside_l1() {
         .output()
         .unwrap();
     let log = ctrd.log_tail(100_000);
+    let backend_line = log
+        .lines()
+        .find(|l| l.contains("booting the sandbox VM with"))
+        .unwrap_or("no backend line in the containerd log");
     assert!(
         out.status.success(),
-        "{}\n{}",
+        "{}\n{backend_line}\n{}",
         String::from_utf8_lossy(&out.stderr),
         ctrd.log_tail(40)
     );
