@@ -9,7 +9,15 @@ use std::{
     sync::Mutex,
 };
 
-use firedoor_tests::{assert_nothing_left, bin, guest_image, workspace_root};
+use firedoor_hypervisor::{host, qemu::VIRTIOFSD, BuiltinBackend};
+use firedoor_tests::{
+    assert_nothing_left, bin,
+    containerd::{Containerd, RUNTIME},
+    guest::containers_run_from_the_virtiofs_share,
+    guest_image,
+    image::BUSYBOX_IMAGE,
+    workspace_root,
+};
 
 /// One L1 VM at a time: each emulates 2 CPUs on a small machine.
 static NESTED: Mutex<()> = Mutex::new(());
@@ -120,6 +128,112 @@ fn builtin_vmm_disk_is_read_and_written_by_linux() {
         mounts.map(|l| l.split_whitespace().last()),
         Some(Some("1")),
         "{stdout}"
+    );
+}
+
+/// The container scenario of tests/agent_in_guest.rs with the built-in
+/// backend: containers run from a directory shared over the VMM's virtio-fs
+/// (vhost-user to virtiofsd), including a file read from the host and one
+/// written back. Runs [`containers_with_the_builtin_backend_inside_l1`] of
+/// this very test binary inside scripts/nested-kvm.
+#[test]
+fn builtin_vmm_runs_containers_from_a_virtiofs_share() {
+    bin("firedoor-vmm");
+    let exe = std::env::current_exe().unwrap();
+    let out = nested(&[
+        exe.to_str().unwrap(),
+        "containers_with_the_builtin_backend_inside_l1",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    // The inner run's own report, with the measured latency.
+    eprintln!("{stdout}");
+    assert!(
+        stdout.contains("test containers_with_the_builtin_backend_inside_l1 ... ok"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(builtin backend, kvm)"), "{stdout}");
+}
+
+/// Needs hardware KVM: started inside L1 by
+/// [`builtin_vmm_runs_containers_from_a_virtiofs_share`].
+#[test]
+#[ignore = "needs hardware KVM; run inside scripts/nested-kvm by builtin_vmm_runs_containers_from_a_virtiofs_share"]
+fn containers_with_the_builtin_backend_inside_l1() {
+    let backend = BuiltinBackend {
+        vmm: bin("firedoor-vmm"),
+        virtiofsd: host::find_program(VIRTIOFSD),
+    };
+    containers_run_from_the_virtiofs_share(&backend);
+}
+
+/// What a user on a hardware-KVM host gets: `ctr run` through containerd,
+/// the shim with its default backend ("auto"), which now picks the built-in
+/// VMM and shares the image's rootfs over its virtio-fs. Runs
+/// [`ctr_run_with_the_auto_backend_inside_l1`] inside scripts/nested-kvm.
+#[test]
+fn ctr_run_picks_the_builtin_backend_on_hardware_kvm() {
+    bin("firedoor-vmm");
+    bin("containerd-shim-firedoor-v2");
+    let exe = std::env::current_exe().unwrap();
+    let out = nested(&[
+        exe.to_str().unwrap(),
+        "ctr_run_with_the_auto_backend_inside_l1",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    assert!(
+        stdout.contains("test ctr_run_with_the_auto_backend_inside_l1 ... ok"),
+        "{stdout}"
+    );
+}
+
+/// Needs hardware KVM: started inside L1 by
+/// [`ctr_run_picks_the_builtin_backend_on_hardware_kvm`].
+#[test]
+#[ignore = "needs hardware KVM; run inside scripts/nested-kvm by ctr_run_picks_the_builtin_backend_on_hardware_kvm"]
+fn ctr_run_with_the_auto_backend_inside_l1() {
+    // backend stays "auto"; L2 boots slowly when the machine is loaded.
+    let ctrd = Containerd::start_with_config("boot_timeout_secs = 120\n");
+    let out = ctrd
+        .ctr_command(&[
+            "run",
+            "--runtime",
+            RUNTIME,
+            "--rm",
+            BUSYBOX_IMAGE,
+            "fd-nested",
+            "echo",
+            "hello from the microVM",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let log = ctrd.log_tail(100_000);
+    let backend_line = log
+        .lines()
+        .find(|l| l.contains("booting the sandbox VM with"))
+        .unwrap_or("no backend line in the containerd log");
+    assert!(
+        out.status.success(),
+        "{}\n{backend_line}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ctrd.log_tail(40)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the microVM\n"
+    );
+    assert!(
+        log.contains("with the builtin backend (kvm)"),
+        "the shim did not pick the builtin backend:\n{}",
+        ctrd.log_tail(40)
     );
 }
 

@@ -1,6 +1,7 @@
 //! The built-in backend: Firedoor's own VMM (`firedoor-vmm`, crate vmm/),
-//! one process per VM, serving the hybrid-vsock socket itself. Needs
-//! hardware KVM: a stock guest kernel does not boot under PVM.
+//! one process per VM, serving the hybrid-vsock socket itself, plus
+//! virtiofsd for a shared directory (the VMM is its vhost-user frontend).
+//! Needs hardware KVM: a stock guest kernel does not boot under PVM.
 
 use std::{path::PathBuf, process::Command};
 
@@ -8,7 +9,8 @@ use crate::{
     backend::{Backend, BackendKind, Launch, RunDir, VmSpec},
     host,
     process::ManagedChild,
-    Error, Result,
+    vhost_user::{fs_socket, start_virtiofsd, VIRTIOFSD},
+    Error, Result, SHARED_FS_TAG,
 };
 
 pub const FIREDOOR_VMM: &str = "firedoor-vmm";
@@ -20,6 +22,8 @@ const GUEST_CID: u32 = 3;
 #[derive(Debug, Clone)]
 pub struct BuiltinBackend {
     pub vmm: PathBuf,
+    /// Needed only for VMs with a shared directory.
+    pub virtiofsd: Option<PathBuf>,
 }
 
 impl BuiltinBackend {
@@ -30,7 +34,10 @@ impl BuiltinBackend {
             name: FIREDOOR_VMM,
             hint: "it is built with the workspace: cargo build --workspace; install it beside firedoor",
         })?;
-        Ok(BuiltinBackend { vmm })
+        Ok(BuiltinBackend {
+            vmm,
+            virtiofsd: host::find_program(VIRTIOFSD),
+        })
     }
 
     /// The `firedoor-vmm` arguments for `spec`, with sockets and logs in
@@ -47,7 +54,7 @@ impl BuiltinBackend {
             format!("firedoor.port={}", spec.agent_port),
         ];
         cmdline.extend(spec.kernel_params.iter().cloned());
-        vec![
+        let mut args = vec![
             "--kernel".into(),
             spec.kernel.display().to_string(),
             "--initrd".into(),
@@ -64,7 +71,14 @@ impl BuiltinBackend {
             GUEST_CID.to_string(),
             "--serial".into(),
             run_dir.console_log().display().to_string(),
-        ]
+        ];
+        if spec.shared_dir.is_some() {
+            args.extend([
+                "--fs".into(),
+                format!("{},tag={SHARED_FS_TAG}", fs_socket(run_dir).display()),
+            ]);
+        }
+        args
     }
 }
 
@@ -78,22 +92,21 @@ impl Backend for BuiltinBackend {
     }
 
     fn launch(&self, spec: &VmSpec, run_dir: &RunDir) -> Result<Launch> {
-        if let Some(dir) = &spec.shared_dir {
-            return Err(Error::InvalidSpec(format!(
-                "the builtin backend has no virtio-fs yet, so it cannot share {}; \
-                 use the qemu backend for VMs with a shared directory",
-                dir.display()
-            )));
+        // virtiofsd first: the VMM connects to its socket while it starts.
+        let mut helpers = Vec::new();
+        if let Some(shared_dir) = &spec.shared_dir {
+            helpers.push(start_virtiofsd(
+                self.virtiofsd.as_deref(),
+                shared_dir,
+                run_dir,
+            )?);
         }
         let vmm = ManagedChild::spawn(
             FIREDOOR_VMM,
             Command::new(&self.vmm).args(self.vmm_args(spec, run_dir)),
             Some(&run_dir.log(FIREDOOR_VMM)),
         )?;
-        Ok(Launch {
-            vmm,
-            helpers: Vec::new(),
-        })
+        Ok(Launch { vmm, helpers })
     }
 }
 
@@ -104,6 +117,7 @@ mod tests {
     fn backend() -> BuiltinBackend {
         BuiltinBackend {
             vmm: "/bin/false".into(),
+            virtiofsd: None,
         }
     }
 
@@ -135,17 +149,27 @@ mod tests {
     }
 
     #[test]
-    fn shared_dir_is_refused_before_anything_starts() {
+    fn shared_dir_adds_the_fs_device_on_virtiofsd_socket() {
+        let run_dir = RunDir::create(&std::env::temp_dir(), None).unwrap();
+        let mut spec = VmSpec::new("/k", "/i");
+        assert!(!backend().vmm_args(&spec, &run_dir).contains(&"--fs".into()));
+        spec.shared_dir = Some("/srv/share".into());
+        let args = backend().vmm_args(&spec, &run_dir);
+        let i = args.iter().position(|a| a == "--fs").unwrap();
+        assert_eq!(
+            args[i + 1],
+            format!("{}/virtiofsd.sock,tag=firedoor", run_dir.path().display())
+        );
+    }
+
+    #[test]
+    fn shared_dir_without_virtiofsd_fails_before_the_vmm_starts() {
         let run_dir = RunDir::create(&std::env::temp_dir(), None).unwrap();
         let mut spec = VmSpec::new("/k", "/i");
         spec.shared_dir = Some("/srv/share".into());
         let err = backend().launch(&spec, &run_dir).err().unwrap();
-        assert!(matches!(err, Error::InvalidSpec(_)), "{err}");
-        let msg = err.to_string();
-        assert!(
-            msg.contains("no virtio-fs") && msg.contains("/srv/share"),
-            "{msg}"
-        );
+        assert!(matches!(err, Error::HelperMissing { .. }), "{err}");
+        assert!(err.to_string().contains("virtiofsd"), "{err}");
         assert!(!run_dir.log(FIREDOOR_VMM).exists());
     }
 }

@@ -12,6 +12,7 @@ mod error;
 pub mod host;
 pub mod process;
 pub mod qemu;
+pub mod vhost_user;
 mod vm;
 pub mod vsock;
 

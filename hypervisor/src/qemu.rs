@@ -2,22 +2,20 @@
 //! served by `vhost-device-vsock`, which exposes the same hybrid-vsock Unix
 //! socket as the built-in VMM. KVM where it can boot Linux, TCG elsewhere.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, process::Command};
 
 use crate::{
     backend::{Backend, BackendKind, Launch, RunDir, VmSpec},
     host::{self, KvmKind},
     process::ManagedChild,
+    vhost_user::{fs_socket, start_vhost_user_daemon, start_virtiofsd},
     Error, Result, SHARED_FS_TAG,
 };
 
+pub use crate::vhost_user::VIRTIOFSD;
+
 pub const QEMU: &str = "qemu-system-x86_64";
 pub const VHOST_VSOCK: &str = "vhost-device-vsock";
-pub const VIRTIOFSD: &str = "virtiofsd";
 
 /// How QEMU runs guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,9 +53,6 @@ const GUEST_CID: u32 = 3;
 /// descriptors, which vhost-device-vsock 0.3 cannot parse: it drops them
 /// and the stream stalls. 16 KiB keeps every guest packet in one buffer.
 const VSOCK_TX_WINDOW: u32 = 16 * 1024;
-
-/// How long vhost-device-vsock may take to create its socket.
-const HELPER_START_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct QemuBackend {
@@ -190,22 +185,9 @@ impl Backend for QemuBackend {
             run_dir,
         )?];
         if let Some(shared_dir) = &spec.shared_dir {
-            let virtiofsd = self.virtiofsd.as_ref().ok_or(Error::HelperMissing {
-                name: VIRTIOFSD,
-                hint: "needed for a shared directory; install it with: cargo install --locked virtiofsd@1.14.0",
-            })?;
-            helpers.push(start_vhost_user_daemon(
-                VIRTIOFSD,
-                Command::new(virtiofsd)
-                    .arg("--socket-path")
-                    .arg(fs_socket(run_dir))
-                    .arg("--shared-dir")
-                    .arg(shared_dir)
-                    // Container rootfs and volumes are bind mounts inside
-                    // the share: give each its own device in the guest.
-                    .arg("--announce-submounts")
-                    .args(["--cache", "auto", "--log-level", "warn"]),
-                &fs_socket(run_dir),
+            helpers.push(start_virtiofsd(
+                self.virtiofsd.as_deref(),
+                shared_dir,
                 run_dir,
             )?);
         }
@@ -221,50 +203,6 @@ impl Backend for QemuBackend {
 fn vsock_socket(run_dir: &RunDir) -> PathBuf {
     // The longest socket name: see backend::MAX_SOCKET_NAME.
     run_dir.path().join("vhost-vsock.sock")
-}
-
-fn fs_socket(run_dir: &RunDir) -> PathBuf {
-    run_dir.path().join("virtiofsd.sock")
-}
-
-/// Starts a vhost-user device daemon and waits until its socket exists:
-/// QEMU fails at once if the socket is not there yet.
-fn start_vhost_user_daemon(
-    name: &str,
-    cmd: &mut Command,
-    socket: &Path,
-    run_dir: &RunDir,
-) -> Result<ManagedChild> {
-    let mut daemon = ManagedChild::spawn(name, cmd, Some(&run_dir.log(name)))?;
-    let deadline = Instant::now() + HELPER_START_TIMEOUT;
-    while !socket.exists() {
-        let exited = daemon
-            .wait_timeout(Duration::from_millis(5))
-            .map_err(|e| helper_failed(name, e.to_string()))?;
-        if let Some(status) = exited {
-            return Err(helper_failed(
-                name,
-                format!("exited ({status}): {}", daemon.log_tail(5)),
-            ));
-        }
-        if Instant::now() > deadline {
-            return Err(helper_failed(
-                name,
-                format!(
-                    "no socket at {} after {HELPER_START_TIMEOUT:?}",
-                    socket.display()
-                ),
-            ));
-        }
-    }
-    Ok(daemon)
-}
-
-fn helper_failed(name: &str, detail: String) -> Error {
-    Error::HelperFailed {
-        name: name.into(),
-        detail,
-    }
 }
 
 #[cfg(test)]

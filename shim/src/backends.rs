@@ -75,7 +75,13 @@ pub fn create_with(
             Some(why) => Err(anyhow::anyhow!(
                 "the builtin backend cannot run here: {why}"
             )),
-            None => Ok(Box::new(BuiltinBackend::detect()?)),
+            None => {
+                let mut backend = BuiltinBackend::detect()?;
+                if let Some(virtiofsd) = Config::explicit(&config.virtiofsd) {
+                    backend.virtiofsd = Some(virtiofsd.into());
+                }
+                Ok(Box::new(backend))
+            }
         },
     }
 }

@@ -1,10 +1,20 @@
 //! Containers in a real guest through the agent API, without containerd: a
-//! busybox rootfs shared by virtiofsd and thin wrappers over the RPCs. Used
-//! by tests/agent_in_guest.rs and the agent benchmark.
+//! busybox rootfs shared by virtiofsd, thin wrappers over the RPCs, and one
+//! scenario run with each backend (tests/agent_in_guest.rs: qemu;
+//! tests/nested_kvm.rs: the built-in VMM inside scripts/nested-kvm). Also
+//! used by the agent benchmark.
 
-use std::{fs, os::unix::fs::symlink, os::unix::net::UnixStream, path::Path, process::Command};
+use std::{
+    fs,
+    io::Read,
+    os::unix::{fs::symlink, net::UnixStream},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
 
-use firedoor_hypervisor::SHARED_FS_TAG;
+use crate::{assert_nothing_left, guest_spec};
+use firedoor_hypervisor::{Backend, SHARED_FS_TAG};
 use firedoor_protocol::{
     agent::*,
     stdio::{Stream, StreamHeader},
@@ -179,4 +189,98 @@ impl Guest {
         let (status, killed) = self.sandbox.shutdown().unwrap();
         assert!(!killed && status.success(), "{status}");
     }
+}
+
+/// Generous: the guest runs on emulated hardware (TCG, or the nested
+/// harness) on a shared, loaded machine.
+pub const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Boots the guest with `backend` and a virtiofs share holding a busybox
+/// rootfs, and runs containers from it: stdout, exit status, a file read from
+/// and one written back to the host through virtio-fs, OOM kill and event,
+/// stats, pause and resume. Leaves nothing behind.
+pub fn containers_run_from_the_virtiofs_share(backend: &dyn Backend) {
+    let run_base = tempfile::tempdir().unwrap();
+    let share = tempfile::tempdir().unwrap();
+    make_rootfs(&share.path().join("rootfs"));
+    let mut vm = guest_spec(run_base.path());
+    vm.shared_dir = Some(share.path().to_owned());
+    vm.memory_mib = 512;
+    // Emulated hardware (TCG, or the nested harness) on a shared, loaded
+    // machine can take far longer than the default to boot.
+    vm.boot_timeout = TIMEOUT;
+    let guest = Guest::new(Sandbox::boot(backend, &vm).unwrap(), TIMEOUT);
+    let agent = guest.agent();
+
+    // echo: stdout and exit status, and the latency of the whole cycle.
+    let started = Instant::now();
+    guest.create("echo", spec(&["echo", "hello"], None), true);
+    let mut stdout = guest.stdout("echo");
+    guest.start("echo");
+    let mut out = String::new();
+    stdout.read_to_string(&mut out).unwrap();
+    assert_eq!(out, "hello\n");
+    assert_eq!(guest.wait("echo"), 0);
+    let cycle = started.elapsed();
+    guest.remove("echo");
+    eprintln!(
+        "create+start+wait of echo in the guest ({} backend, {}): {cycle:?}",
+        backend.kind(),
+        backend.accelerator()
+    );
+
+    // A file the host wrote is read in the guest, and one the guest writes
+    // appears on the host: both through virtio-fs.
+    let token = format!("host-token-{}", std::process::id());
+    fs::write(share.path().join("rootfs/from-host"), &token).unwrap();
+    let script = "cat /from-host && echo written-in-guest > /from-guest";
+    guest.create("files", spec(&["sh", "-c", script], None), true);
+    let mut stdout = guest.stdout("files");
+    guest.start("files");
+    let mut out = String::new();
+    stdout.read_to_string(&mut out).unwrap();
+    assert_eq!(guest.wait("files"), 0, "{out}");
+    assert_eq!(out, token);
+    let written = fs::read_to_string(share.path().join("rootfs/from-guest")).unwrap();
+    assert_eq!(written, "written-in-guest\n");
+    guest.remove("files");
+
+    // A 16 MiB limit and a 64 MiB allocation: OOM-killed, event before exit.
+    guest.create(
+        "oom",
+        spec(
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+            Some(16 << 20),
+        ),
+        false,
+    );
+    guest.start("oom");
+    assert_eq!(guest.wait("oom"), 137);
+    let event = agent
+        .get_oom_event(ctx(Duration::from_secs(10)), &GetOOMEventRequest::new())
+        .unwrap();
+    assert_eq!(event.container_id, "oom");
+    guest.remove("oom");
+
+    // A running container: stats, pause and resume.
+    guest.create("sleep", spec(&["sleep", "1000"], Some(64 << 20)), false);
+    guest.start("sleep");
+    let stats = agent
+        .stats_container(ctx(TIMEOUT), &Guest::container("sleep"))
+        .unwrap();
+    let memory = stats.memory.as_ref().expect("memory stats");
+    assert!(memory.usage > 0, "{stats:?}");
+    assert_eq!(memory.limit, 64 << 20);
+    assert_eq!(stats.pids.as_ref().expect("pids stats").current, 1);
+    assert!(stats.cpu.is_some());
+    agent
+        .pause_container(ctx(TIMEOUT), &Guest::container("sleep"))
+        .unwrap();
+    agent
+        .resume_container(ctx(TIMEOUT), &Guest::container("sleep"))
+        .unwrap();
+    guest.remove("sleep");
+
+    guest.shut_down();
+    assert_nothing_left(run_base.path());
 }

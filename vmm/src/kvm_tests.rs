@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::test_utils::{build_elf, real_mode_ap, Asm};
-use crate::{ExitReason, SerialOutput, VmConfig, Vmm, VmmError, VsockConfig};
+use crate::{ExitReason, FsConfig, SerialOutput, VmConfig, Vmm, VmmError, VsockConfig};
 
 const LOAD_ADDR: u64 = 0x20_0000;
 
@@ -122,6 +122,39 @@ fn guest_reads_virtio_mmio_identification() {
     assert_eq!(vmm.run().unwrap(), ExitReason::Reset);
     // Magic "virt", version 2, device id 19 (vsock), little endian.
     assert_eq!(guest.output(), b"virt\x02\0\0\0\x13\0\0\0");
+}
+
+/// With a virtio-fs device, guest RAM is a shared memfd that KVM runs the
+/// guest from, and the guest finds the device (id 26) with its tag and one
+/// request queue in the configuration space.
+#[test]
+fn guest_finds_the_virtio_fs_device_in_shared_memory() {
+    if !kvm_available() {
+        return;
+    }
+    let share = tempfile::TempDir::new().unwrap();
+    let (mut virtiofsd, socket) = crate::test_utils::spawn_virtiofsd(share.path());
+    // The only virtio device: the first window of the MMIO gap.
+    let addr = crate::memory::MMIO_GAP_START as u32;
+    let mut asm = Asm::default();
+    asm.mov_edi(addr).load_eax_rdi(0).print_eax_raw();
+    asm.load_eax_rdi(8).print_eax_raw();
+    asm.mov_edi(addr + 0x100);
+    for offset in [0u8, 4, 0x24] {
+        asm.load_eax_rdi(offset).print_eax_raw();
+    }
+    asm.i8042_reset().halt_forever();
+    let guest = Guest::new(&asm.code);
+    let mut cfg = guest.config();
+    cfg.fs = vec![FsConfig {
+        socket,
+        tag: "kvmtest".into(),
+    }];
+    let result = Vmm::new(cfg).and_then(|mut vmm| vmm.run());
+    virtiofsd.kill().unwrap();
+    virtiofsd.wait().unwrap();
+    assert_eq!(result.unwrap(), ExitReason::Reset);
+    assert_eq!(guest.output(), b"virt\x1a\0\0\0kvmtest\0\x01\0\0\0");
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //!
 //! It boots an uncompressed vmlinux directly in 64-bit mode, with a serial
 //! console, an i8042 (for reset), a boot-time marker port, and virtio-mmio
-//! devices (vsock over a hybrid Unix socket, block). It knows nothing about
+//! devices (vsock over a hybrid Unix socket, block, virtio-fs as a
+//! vhost-user frontend). It knows nothing about
 //! containers.
 
 #![deny(missing_docs)]
@@ -19,5 +20,7 @@ mod kvm_tests;
 #[cfg(test)]
 mod test_utils;
 
-pub use vmm::{DiskConfig, SerialOutput, StopHandle, VmConfig, Vmm, VmmError, VsockConfig};
+pub use vmm::{
+    DiskConfig, FsConfig, SerialOutput, StopHandle, VmConfig, Vmm, VmmError, VsockConfig,
+};
 pub use vstate::vcpu::ExitReason;

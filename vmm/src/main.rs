@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use firedoor_vmm::{DiskConfig, SerialOutput, StopHandle, VmConfig, Vmm, VsockConfig};
+use firedoor_vmm::{DiskConfig, FsConfig, SerialOutput, StopHandle, VmConfig, Vmm, VsockConfig};
 
 #[derive(Parser, Debug)]
 #[command(name = "firedoor-vmm", version, about = "Firedoor's KVM microVM")]
@@ -43,6 +43,10 @@ struct Args {
     /// A disk image: PATH, PATH,ro or PATH,rw (repeatable; the first is vda).
     #[arg(long, value_name = "PATH[,ro]")]
     disk: Vec<String>,
+    /// A shared file system: the vhost-user socket of a running virtiofsd and
+    /// the tag the guest mounts (repeatable). Makes guest memory a shared memfd.
+    #[arg(long, value_name = "SOCKET,tag=TAG")]
+    fs: Vec<String>,
     /// Serial console output: a file path, or "stdout".
     #[arg(long, value_name = "PATH|stdout", default_value = "stdout")]
     serial: String,
@@ -67,6 +71,22 @@ fn parse_disk(spec: &str) -> Result<DiskConfig> {
     })
 }
 
+fn parse_fs(spec: &str) -> Result<FsConfig> {
+    let Some((socket, option)) = spec.rsplit_once(',') else {
+        bail!("missing tag in {spec:?} (use SOCKET,tag=TAG)");
+    };
+    let Some(tag) = option.strip_prefix("tag=") else {
+        bail!("unknown fs option {option:?} in {spec:?} (use SOCKET,tag=TAG)");
+    };
+    if socket.is_empty() || tag.is_empty() {
+        bail!("empty socket path or tag in {spec:?} (use SOCKET,tag=TAG)");
+    }
+    Ok(FsConfig {
+        socket: socket.into(),
+        tag: tag.into(),
+    })
+}
+
 static STOP: OnceLock<StopHandle> = OnceLock::new();
 
 extern "C" fn on_terminate(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -83,6 +103,11 @@ fn run(start: Instant) -> Result<()> {
         .iter()
         .map(|d| parse_disk(d))
         .collect::<Result<Vec<_>>>()?;
+    let fs = args
+        .fs
+        .iter()
+        .map(|f| parse_fs(f))
+        .collect::<Result<Vec<_>>>()?;
     let mut config = VmConfig::new(args.kernel);
     config.initrd = args.initrd;
     config.cmdline = args.cmdline;
@@ -93,6 +118,7 @@ fn run(start: Instant) -> Result<()> {
         cid: args.vsock_cid,
     });
     config.disks = disks;
+    config.fs = fs;
     config.serial = match args.serial.as_str() {
         "stdout" => SerialOutput::Stdout,
         path => SerialOutput::File(path.into()),
@@ -151,5 +177,19 @@ mod tests {
         assert!(!parse_disk("x.img").unwrap().read_only);
         assert!(!parse_disk("x.img,rw").unwrap().read_only);
         assert!(parse_disk(",ro").is_err());
+    }
+
+    #[test]
+    fn fs_specs() {
+        let f = parse_fs("/run/vm/fs.sock,tag=firedoor").unwrap();
+        assert_eq!(f.socket, PathBuf::from("/run/vm/fs.sock"));
+        assert_eq!(f.tag, "firedoor");
+        // Only the last comma separates the option.
+        let f = parse_fs("/a,b/fs.sock,tag=t").unwrap();
+        assert_eq!(f.socket, PathBuf::from("/a,b/fs.sock"));
+        for bad in ["/fs.sock", "/fs.sock,ro", ",tag=t", "/fs.sock,tag="] {
+            let err = parse_fs(bad).unwrap_err().to_string();
+            assert!(err.contains("SOCKET,tag=TAG"), "{bad}: {err}");
+        }
     }
 }

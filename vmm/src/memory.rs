@@ -1,6 +1,12 @@
-//! Guest physical memory: anonymous mappings below and above the 32-bit MMIO gap.
+//! Guest physical memory: mappings below and above the 32-bit MMIO gap,
+//! private anonymous memory by default, or one shared memfd when a vhost-user
+//! backend (another process) must map the guest's RAM too.
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 /// The guest memory type used by the whole VMM (no dirty-page bitmap).
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
@@ -26,6 +32,25 @@ pub enum MemoryError {
     /// mmap failed.
     #[error("cannot map guest memory: {0}")]
     Mmap(#[from] vm_memory::mmap::FromRangesError),
+    /// The memfd for shared guest memory could not be created or sized.
+    #[error("cannot create shared guest memory (memfd of {size} bytes): {source}")]
+    Memfd {
+        /// Bytes asked for.
+        size: u64,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How guest RAM is backed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryBacking {
+    /// Private anonymous memory: only this process can see it.
+    Private,
+    /// One memfd mapped MAP_SHARED: its descriptor can be handed to a
+    /// vhost-user backend, which maps the same pages.
+    SharedMemfd,
 }
 
 /// Guest RAM ranges for `size` bytes: one range below the MMIO gap and, for
@@ -43,10 +68,51 @@ pub fn arch_memory_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
 
 /// Creates `size` bytes of guest memory (anonymous, private, not reserved up front).
 pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    create_guest_memory_backed(size, MemoryBacking::Private)
+}
+
+/// Creates `size` bytes of guest memory backed as `backing` (never reserved
+/// up front: pages are allocated when first touched).
+pub fn create_guest_memory_backed(
+    size: u64,
+    backing: MemoryBacking,
+) -> Result<GuestMemoryMmap, MemoryError> {
     if !(MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES).contains(&size) || !size.is_multiple_of(4096) {
         return Err(MemoryError::InvalidSize(size));
     }
-    Ok(GuestMemoryMmap::from_ranges(&arch_memory_ranges(size))?)
+    let ranges = arch_memory_ranges(size);
+    match backing {
+        MemoryBacking::Private => Ok(GuestMemoryMmap::from_ranges(&ranges)?),
+        MemoryBacking::SharedMemfd => {
+            let file = Arc::new(create_memfd(size)?);
+            // The regions are consecutive slices of the one file.
+            let mut offset = 0u64;
+            let with_files: Vec<_> = ranges
+                .iter()
+                .map(|&(addr, len)| {
+                    let region = (addr, len, Some(FileOffset::from_arc(file.clone(), offset)));
+                    offset += len as u64;
+                    region
+                })
+                .collect();
+            Ok(GuestMemoryMmap::from_ranges_with_files(&with_files)?)
+        }
+    }
+}
+
+fn create_memfd(size: u64) -> Result<File, MemoryError> {
+    let memfd_err = |source| MemoryError::Memfd { size, source };
+    // SAFETY: the name is a valid NUL-terminated string; the call has no
+    // other inputs and returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(c"firedoor-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(memfd_err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let file = unsafe { File::from_raw_fd(fd) };
+    // A sparse file: no page is allocated until the guest touches it.
+    file.set_len(size).map_err(memfd_err)?;
+    Ok(file)
 }
 
 /// End (exclusive) of the RAM that lies below the MMIO gap.
@@ -82,6 +148,26 @@ mod tests {
         // The gap is not memory.
         assert!(mem.write_obj(1u8, GuestAddress(MMIO_GAP_START)).is_err());
         assert!(mem.write_obj(1u8, GuestAddress(MMIO_GAP_END)).is_ok());
+    }
+
+    #[test]
+    fn shared_memory_is_one_memfd_in_order() {
+        let size = MMIO_GAP_START + (16 << 20);
+        let mem = create_guest_memory_backed(size, MemoryBacking::SharedMemfd).unwrap();
+        let regions: Vec<_> = mem.iter().collect();
+        assert_eq!(regions.len(), 2);
+        let (low, high) = (regions[0].file_offset(), regions[1].file_offset());
+        let (low, high) = (low.unwrap(), high.unwrap());
+        assert!(Arc::ptr_eq(low.arc(), high.arc()));
+        assert_eq!((low.start(), high.start()), (0, MMIO_GAP_START));
+        assert_eq!(low.file().metadata().unwrap().len(), size);
+        // Writes land in the file: another mapping of it would see them.
+        mem.write_obj(0x5au8, GuestAddress(MMIO_GAP_END)).unwrap();
+        let mut byte = [0u8];
+        std::os::unix::fs::FileExt::read_exact_at(high.file(), &mut byte, MMIO_GAP_START).unwrap();
+        assert_eq!(byte, [0x5a]);
+        let private = create_guest_memory(64 << 20).unwrap();
+        assert!(private.iter().all(|r| r.file_offset().is_none()));
     }
 
     #[test]

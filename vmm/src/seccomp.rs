@@ -60,8 +60,9 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_writev,
 ];
 
-/// The event loop: epoll, vsock's Unix sockets, disk I/O, kicking and
-/// joining vCPU threads, removing the vsock socket file at exit.
+/// The event loop: epoll, vsock's Unix sockets, disk I/O, vhost-user
+/// messages (sendmsg/recvmsg carry the memory and eventfd descriptors),
+/// kicking and joining vCPU threads, removing the vsock socket file at exit.
 const VMM_ONLY: &[libc::c_long] = &[
     libc::SYS_accept4,
     libc::SYS_connect,
@@ -78,6 +79,8 @@ const VMM_ONLY: &[libc::c_long] = &[
     libc::SYS_pwrite64,
     libc::SYS_pwritev,
     libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
     libc::SYS_sendto,
     libc::SYS_shutdown,
     libc::SYS_statx,

@@ -156,3 +156,30 @@ pub fn real_mode_ap(s: &str, flag: u16) -> Vec<u8> {
     c.extend_from_slice(&[0xfa, 0xf4, 0xeb, 0xfd]);
     c
 }
+
+/// A real virtiofsd (installed by scripts/setup) sharing `dir`, listening on
+/// `dir/fs.sock` once this returns. Kill it when done.
+pub fn spawn_virtiofsd(dir: &std::path::Path) -> (std::process::Child, std::path::PathBuf) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let virtiofsd = std::env::split_paths(&path)
+        .chain(std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo/bin")))
+        .map(|d| d.join("virtiofsd"))
+        .find(|p| p.is_file())
+        .expect("virtiofsd is missing: run scripts/setup");
+    let socket = dir.join("fs.sock");
+    let daemon = std::process::Command::new(virtiofsd)
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--shared-dir")
+        .arg(dir)
+        .args(["--sandbox", "none", "--log-level", "error"])
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    (daemon, socket)
+}

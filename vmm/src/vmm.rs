@@ -20,11 +20,14 @@ use crate::devices::boot_timer::{BootTimer, BOOT_TIMER_PORT};
 use crate::devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::serial::{SerialDevice, SERIAL_IRQ, SERIAL_PORT_BASE, SERIAL_PORT_LEN};
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::{Bus, BusError, EventFdTrigger};
-use crate::memory::{create_guest_memory, GuestMemoryMmap, MemoryError, MMIO_GAP_START};
+use crate::memory::{
+    create_guest_memory_backed, GuestMemoryMmap, MemoryBacking, MemoryError, MMIO_GAP_START,
+};
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::vstate::vcpu::{self, ExitReason, Vcpu, VcpuError, VmExit};
 use crate::vstate::vm::{Vm, VmError};
@@ -65,6 +68,15 @@ pub struct DiskConfig {
     pub read_only: bool,
 }
 
+/// A virtio-fs device served by a vhost-user backend (virtiofsd).
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// The backend's vhost-user socket (it must be listening).
+    pub socket: PathBuf,
+    /// The tag the guest mounts (`mount -t virtiofs TAG DIR`).
+    pub tag: String,
+}
+
 /// Everything needed to build a microVM.
 pub struct VmConfig {
     /// Uncompressed vmlinux (ELF).
@@ -81,6 +93,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// Disks, in order (the first is /dev/vda).
     pub disks: Vec<DiskConfig>,
+    /// Shared file systems; any makes guest memory a shared memfd.
+    pub fs: Vec<FsConfig>,
     /// Serial console output.
     pub serial: SerialOutput,
     /// The KVM device (normally /dev/kvm).
@@ -103,6 +117,7 @@ impl VmConfig {
             memory_mib: 128,
             vsock: None,
             disks: Vec::new(),
+            fs: Vec::new(),
             serial: SerialOutput::Stdout,
             kvm_path: PathBuf::from("/dev/kvm"),
             seccomp: true,
@@ -144,6 +159,9 @@ pub enum VmmError {
     /// Seccomp filters.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// A virtio-fs device could not be set up.
+    #[error(transparent)]
+    Fs(#[from] FsError),
     /// The guest or a vCPU failed fatally.
     #[error("VM failed: {0}")]
     Guest(String),
@@ -278,7 +296,14 @@ impl Vmm {
             None => None,
         };
 
-        let mem = create_guest_memory(mem_bytes)?;
+        // vhost-user backends map guest RAM themselves: it must be a shared
+        // memfd then. Otherwise private memory, as before.
+        let backing = if config.fs.is_empty() {
+            MemoryBacking::Private
+        } else {
+            MemoryBacking::SharedMemfd
+        };
+        let mem = create_guest_memory_backed(mem_bytes, backing)?;
         let vm = Vm::new(&config.kvm_path)?;
         if usize::from(config.vcpus) > vm.max_vcpus() {
             return Err(VmmError::Config(format!(
@@ -346,6 +371,11 @@ impl Vmm {
             let interrupt = b.new_interrupt()?;
             let dev = Block::new(&disk.path, disk.read_only, interrupt)
                 .map_err(io_err(format!("cannot open disk {}", disk.path.display())))?;
+            b.add_virtio(Arc::new(Mutex::new(dev)))?;
+        }
+        for fs in &config.fs {
+            let interrupt = b.new_interrupt()?;
+            let dev = Fs::connect(&fs.socket, &fs.tag, interrupt)?;
             b.add_virtio(Arc::new(Mutex::new(dev)))?;
         }
 

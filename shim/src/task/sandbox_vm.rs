@@ -17,7 +17,7 @@ use containerd_shim::{
     protos::{protobuf::well_known_types::any::Any, ttrpc::Code},
     TtrpcResult,
 };
-use firedoor_hypervisor::{host, BackendKind, VmSpec, SHARED_FS_TAG};
+use firedoor_hypervisor::{host, VmSpec, SHARED_FS_TAG};
 use firedoor_protocol::agent::{CreateSandboxRequest, GetOOMEventRequest, StatsContainerResponse};
 use log::{error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -199,10 +199,18 @@ fn boot_watched(
     spec: VmSpec,
 ) -> anyhow::Result<Arc<Sandbox>> {
     let kvm = host::probe_kvm();
-    // Containers need the virtio-fs share, which only the qemu backend has
-    // so far: "auto" means qemu here until the built-in VMM gains virtio-fs.
-    let kind = config.backend_kind()?.unwrap_or(BackendKind::Qemu);
+    // "auto": the built-in VMM (with virtio-fs for the containers' share)
+    // on hardware KVM, QEMU elsewhere.
+    let kind = match config.backend_kind()? {
+        Some(kind) => kind,
+        None => backends::default_kind(&kvm),
+    };
     let backend = backends::create_with(kind, &kvm, config)?;
+    info!(
+        "booting the sandbox VM with the {} backend ({})",
+        backend.kind(),
+        backend.accelerator()
+    );
     let (tx, rx) = mpsc::channel();
     let watcher_shared = Arc::downgrade(shared);
     thread::Builder::new()

@@ -106,7 +106,7 @@ impl MmioTransport {
         self.driver_features_select = 0;
         self.driver_features = 0;
         self.status = 0;
-        self.interrupt.ack(u32::MAX);
+        self.interrupt.reset();
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -133,8 +133,18 @@ impl MmioTransport {
             VIRTIO_MMIO_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size().into()),
             VIRTIO_MMIO_QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready().into()),
             VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
+            VIRTIO_MMIO_STATUS if self.interrupt.needs_reset() => {
+                self.status | VIRTIO_CONFIG_S_NEEDS_RESET
+            }
             VIRTIO_MMIO_STATUS => self.status,
             VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
+            // No device here has shared memory regions: a length of -1 says
+            // "no such region" (a 0 would describe an empty one at 0, which
+            // virtio-fs's DAX probe would try to claim).
+            VIRTIO_MMIO_SHM_LEN_LOW
+            | VIRTIO_MMIO_SHM_LEN_HIGH
+            | VIRTIO_MMIO_SHM_BASE_LOW
+            | VIRTIO_MMIO_SHM_BASE_HIGH => u32::MAX,
             _ => {
                 debug!("virtio-mmio: read of unknown or write-only register {offset:#x}");
                 0
@@ -286,8 +296,7 @@ impl MmioTransport {
                 "virtio-mmio: device {} activation failed: {e}",
                 self.device_id
             );
-            self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
-            self.interrupt.signal_config_change();
+            self.interrupt.signal_needs_reset();
         }
     }
 }
@@ -462,6 +471,9 @@ mod tests {
         assert_eq!(r(&mut t, VIRTIO_MMIO_DEVICE_FEATURES), 1);
         w(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 7);
         assert_eq!(r(&mut t, VIRTIO_MMIO_DEVICE_FEATURES), 0);
+        w(&mut t, VIRTIO_MMIO_SHM_SEL, 0);
+        assert_eq!(r(&mut t, VIRTIO_MMIO_SHM_LEN_LOW), u32::MAX);
+        assert_eq!(r(&mut t, VIRTIO_MMIO_SHM_LEN_HIGH), u32::MAX);
         let mut cfg = [0u8; 2];
         t.read(0x106, &mut cfg);
         assert_eq!(cfg, [7, 8]);

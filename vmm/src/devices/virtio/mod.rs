@@ -1,10 +1,11 @@
 //! Virtio devices over the virtio-mmio (version 2) transport.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod vsock;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_queue::Queue;
@@ -29,12 +30,18 @@ pub enum ActivateError {
     /// A queue is not ready or its rings are outside guest memory.
     #[error("queue {0} is not ready or not valid")]
     InvalidQueue(usize),
+    /// The device's backend (another process) is gone or failed.
+    #[error("device backend unavailable: {0}")]
+    BackendUnavailable(String),
 }
 
 /// The interrupt line of a virtio device: the InterruptStatus register plus
-/// an irqfd that raises the guest interrupt.
+/// an irqfd that raises the guest interrupt. It also carries the device's
+/// "needs reset" signal, which a device raises from its own thread when it
+/// can no longer work (e.g. its vhost-user backend died).
 pub struct VirtioInterrupt {
     status: AtomicU32,
+    needs_reset: AtomicBool,
     irqfd: EventFd,
 }
 
@@ -43,6 +50,7 @@ impl VirtioInterrupt {
     pub fn new(irqfd: EventFd) -> Self {
         Self {
             status: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
             irqfd,
         }
     }
@@ -77,6 +85,24 @@ impl VirtioInterrupt {
     /// InterruptACK: clears the given bits.
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// The device failed and stops serving its queues: the transport shows
+    /// DEVICE_NEEDS_RESET in the status register until the driver resets it.
+    pub fn signal_needs_reset(&self) {
+        self.needs_reset.store(true, Ordering::SeqCst);
+        self.signal_config_change();
+    }
+
+    /// Whether the device asked for a reset since the last one.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// The driver reset the device: forget interrupts and the failure.
+    pub fn reset(&self) {
+        self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
     }
 }
 
