@@ -57,6 +57,9 @@ pub enum JailError {
     /// A path to expose in the jail is unusable.
     #[error("cannot expose {0} in the jail: {1}")]
     Path(PathBuf, String),
+    /// The supervisor's seccomp filter.
+    #[error("{0}")]
+    Seccomp(String),
     /// Threads already run: they would stay outside the namespaces and keep
     /// their capabilities.
     #[error("the jail must be entered before any thread starts ({0} threads run)")]
@@ -151,7 +154,7 @@ fn thread_count() -> usize {
 /// Empties every capability set of this (only) thread. The bounding set
 /// goes first, while CAP_SETPCAP is still effective; with it empty, even an
 /// execve as uid 0 could not regain a capability.
-fn drop_capabilities() -> Result<(), JailError> {
+pub(crate) fn drop_capabilities() -> Result<(), JailError> {
     let fail =
         |what| move |e: caps::errors::CapsError| JailError::Capabilities(what, e.to_string());
     caps::clear(None, CapSet::Bounding).map_err(fail("empty the capability bounding set"))?;

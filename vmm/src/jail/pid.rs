@@ -12,7 +12,8 @@
 //! * the parent stays behind as a supervisor the size of a few pages: it
 //!   forwards SIGTERM and SIGINT to the VMM, waits for it, and exits with its
 //!   status (re-raising the signal that killed it, so a seccomp kill still
-//!   shows as SIGSYS).
+//!   shows as SIGSYS). It drops every capability and runs under its own
+//!   seccomp allow-list.
 //!
 //! The host keeps supervising the PID it spawned. Killing it with SIGKILL
 //! tears everything down: the VMM has PR_SET_PDEATHSIG=SIGKILL towards the
@@ -31,6 +32,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, pipe2, ForkResult, Pid};
 
 use super::JailError;
+use crate::seccomp::{self, ThreadKind};
 
 /// The VMM's PID (in the supervisor's namespace), for the signal handler.
 static VMM_PID: AtomicI32 = AtomicI32::new(0);
@@ -69,11 +71,27 @@ pub fn enter_namespace() -> Result<(), JailError> {
         }
         ForkResult::Parent { child } => {
             drop(alive_r);
+            if let Err(e) = confine_supervisor() {
+                eprintln!("firedoor-vmm: error: cannot confine the jail's supervisor: {e}");
+                let _ = kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                std::process::exit(1);
+            }
             let status = supervise(child);
             drop(alive_w);
             exit_like(status)
         }
     }
+}
+
+/// The supervisor needs no privilege either: signalling its own child is
+/// allowed to any process.
+fn confine_supervisor() -> Result<(), JailError> {
+    super::drop_capabilities()?;
+    let filter = seccomp::build_filter(ThreadKind::Supervisor)
+        .map_err(|e| JailError::Seccomp(e.to_string()))?;
+    // Sets no_new_privs too.
+    seccomp::apply(&filter).map_err(|e| JailError::Seccomp(e.to_string()))
 }
 
 fn arm_parent_death_signal(alive: OwnedFd) -> Result<(), JailError> {
