@@ -399,17 +399,25 @@ fn processes_mentioning(marker: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Children of `pid`, from /proc/*/status (CONFIG_PROC_CHILDREN, which
+/// gives /proc/PID/task/TID/children, is not everywhere).
+fn children_of(pid: u32) -> Vec<u32> {
+    let ppid_line = format!("PPid:\t{pid}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/status"))
+                .is_ok_and(|s| s.lines().any(|l| l == ppid_line))
+        })
+        .collect()
+}
+
 /// The jailed VMM: the only child of the supervisor the test spawned.
 fn jailed_vmm_pid(supervisor: u32) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let children =
-            std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children"))
-                .unwrap_or_default();
-        let pids: Vec<u32> = children
-            .split_whitespace()
-            .map(|p| p.parse().unwrap())
-            .collect();
+        let pids = children_of(supervisor);
         if let [pid] = pids[..] {
             return pid;
         }
