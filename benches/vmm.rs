@@ -62,6 +62,51 @@ fn vmm_process(pid: u32) -> u32 {
         .unwrap_or(pid)
 }
 
+/// (RSS outside the guest-memory mapping, RSS of that mapping) in KiB.
+fn rss_kib(pid: u32, guest_bytes: u64) -> (u64, u64) {
+    let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).expect("read smaps");
+    let (mut other, mut guest) = (0, 0);
+    let mut in_guest = false;
+    for line in smaps.lines() {
+        if let Some(range) = line.split_whitespace().next().filter(|r| r.contains('-')) {
+            if let Some((start, end)) = range.split_once('-') {
+                if let (Ok(s), Ok(e)) =
+                    (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+                {
+                    in_guest = e - s == guest_bytes;
+                    continue;
+                }
+            }
+        }
+        if let Some(kib) = line.strip_prefix("Rss:") {
+            let kib: u64 = kib.trim().trim_end_matches(" kB").parse().unwrap_or(0);
+            if in_guest {
+                guest += kib;
+            } else {
+                other += kib;
+            }
+        }
+    }
+    (other, guest)
+}
+
+/// Memory only `pid` holds (private pages; the binary and libc it shares
+/// with the VMM do not count): what the jail's supervisor adds.
+fn private_kib(pid: u32) -> u64 {
+    let smaps = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).expect("read smaps_rollup");
+    smaps
+        .lines()
+        .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+fn stop(mut child: Child) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let status = child.wait().expect("wait for firedoor-vmm");
+    assert!(status.success(), "firedoor-vmm exited with {status}");
+}
+
 fn one_run(vmm: &Path, kernel: &Path, jail_flag: &str) -> Sample {
     let started = Instant::now();
     let mut child = Command::new(vmm)
