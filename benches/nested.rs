@@ -6,7 +6,9 @@
 //!     cargo bench -p firedoor-benches --bench nested [-- RUNS]
 //!
 //! One L1 VM runs `firedoor check --boot` RUNS times per backend,
-//! alternating. Figures are L2 boots under L1's KVM, which itself runs under
+//! alternating. Each boot also times ROUND_TRIPS agent Check RPCs: host ->
+//! hybrid vsock (firedoor-vmm's own, or vhost-device-vsock for qemu) ->
+//! agent -> back, the latency every container operation pays. Figures are L2 boots under L1's KVM, which itself runs under
 //! software emulation: compare the backends with each other, not with
 //! bare-metal numbers.
 
@@ -44,6 +46,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(5);
+    const ROUND_TRIPS: usize = 500;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let firedoor = bin_dir().join("firedoor");
     for bin in [&firedoor, &bin_dir().join("firedoor-vmm")] {
@@ -57,7 +60,8 @@ fn main() {
     }
     let script = format!(
         "for i in $(seq {runs}); do for b in builtin qemu; do \
-           echo \"== $b\"; \"$0\" check --boot --backend $b || echo \"== failed\"; \
+           echo \"== $b\"; \"$0\" check --boot --backend $b --round-trips {ROUND_TRIPS} \
+             || echo \"== failed\"; \
          done; done"
     );
     let started = Instant::now();
@@ -73,8 +77,8 @@ fn main() {
         panic!("nested run failed: {}", out.status);
     }
 
-    // (host clock, guest uptime, failed boots) per backend.
-    let (mut builtin, mut qemu) = ((vec![], vec![], 0), (vec![], vec![], 0));
+    // (host clock, guest uptime, failed boots, round-trip lines) per backend.
+    let (mut builtin, mut qemu) = ((vec![], vec![], 0, vec![]), (vec![], vec![], 0, vec![]));
     let mut current = None;
     for line in stdout.lines() {
         match line {
@@ -83,6 +87,12 @@ fn main() {
             "== failed" => {
                 if let Some(samples) = current.as_mut() {
                     samples.2 += 1;
+                }
+            }
+            _ if line.contains("Check RPC round trip") => {
+                if let (Some(summary), Some(samples)) = (line.split(": ").nth(1), current.as_mut())
+                {
+                    samples.3.push(summary.to_owned());
                 }
             }
             _ => {
@@ -113,6 +123,9 @@ fn main() {
             "    guest uptime at agent ready:          {}",
             summary(&mut samples.1)
         );
+        for (i, trips) in samples.3.iter().enumerate() {
+            println!("    Check RPC round trip, boot {}:      {trips}", i + 1);
+        }
         if samples.2 > 0 {
             println!("    failed boots: {} of {runs}", samples.2);
         }

@@ -9,7 +9,10 @@
 //! the host's, from spawning the process to the VMM logging the port write,
 //! and the VMM's own, from its `main` to the write (without exec and dynamic
 //! loading). RSS is read from /proc/PID/smaps once the guest has run; the
-//! guest-memory mapping is subtracted.
+//! guest-memory mapping is subtracted. Both with the jail (as root: the
+//! process splits into a supervisor and the VMM in its own namespaces; the
+//! figure is the VMM's RSS plus the supervisor's private pages) and without
+//! (`--no-jail`).
 
 #[path = "../vmm/src/test_utils.rs"]
 mod test_utils;
@@ -41,7 +44,22 @@ struct Sample {
     host: Duration,
     vmm: Duration,
     rss_kib: u64,
+    supervisor_rss_kib: u64,
     guest_rss_kib: u64,
+}
+
+/// The jailed VMM under the supervisor `pid` (its only child, found in
+/// /proc/*/status), or `pid` itself when it runs unjailed.
+fn vmm_process(pid: u32) -> u32 {
+    let ppid_line = format!("PPid:\t{pid}");
+    fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|child| {
+            fs::read_to_string(format!("/proc/{child}/status"))
+                .is_ok_and(|s| s.lines().any(|l| l == ppid_line))
+        })
+        .unwrap_or(pid)
 }
 
 /// (RSS outside the guest-memory mapping, RSS of that mapping) in KiB.
@@ -72,15 +90,27 @@ fn rss_kib(pid: u32, guest_bytes: u64) -> (u64, u64) {
     (other, guest)
 }
 
+/// Memory only `pid` holds (private pages; the binary and libc it shares
+/// with the VMM do not count): what the jail's supervisor adds.
+fn private_kib(pid: u32) -> u64 {
+    let smaps = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).expect("read smaps_rollup");
+    smaps
+        .lines()
+        .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
 fn stop(mut child: Child) {
     let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
     let status = child.wait().expect("wait for firedoor-vmm");
     assert!(status.success(), "firedoor-vmm exited with {status}");
 }
 
-fn one_run(vmm: &Path, kernel: &Path) -> Sample {
+fn one_run(vmm: &Path, kernel: &Path, jail_flag: &str) -> Sample {
     let started = Instant::now();
     let mut child = Command::new(vmm)
+        .arg(jail_flag)
         .args(["--kernel", kernel.to_str().unwrap()])
         .args(["--memory-mib", &GUEST_MEMORY_MIB.to_string()])
         .args(["--serial", "/dev/null"])
@@ -104,13 +134,20 @@ fn one_run(vmm: &Path, kernel: &Path) -> Sample {
         }
     };
     let host = started.elapsed();
-    let (rss_kib, guest_rss_kib) = rss_kib(child.id(), GUEST_MEMORY_MIB << 20);
+    let inner = vmm_process(child.id());
+    let (vmm_rss_kib, guest_rss_kib) = rss_kib(inner, GUEST_MEMORY_MIB << 20);
+    let supervisor_rss_kib = if inner == child.id() {
+        0
+    } else {
+        private_kib(child.id())
+    };
     // Nothing else is logged until the stop; the pipe cannot fill up.
     stop(child);
     Sample {
         host,
         vmm: Duration::from_secs_f64(vmm_ms / 1000.0),
-        rss_kib,
+        rss_kib: vmm_rss_kib + supervisor_rss_kib,
+        supervisor_rss_kib,
         guest_rss_kib,
     }
 }
@@ -140,33 +177,48 @@ fn main() {
         .clone();
     fs::write(&kernel, build_elf(0x20_0000, &code)).unwrap();
 
-    let samples: Vec<Sample> = (0..runs).map(|_| one_run(&vmm, &kernel)).collect();
-    fs::remove_dir_all(&dir).unwrap();
-
-    let mut host: Vec<Duration> = samples.iter().map(|s| s.host).collect();
-    let mut inner: Vec<Duration> = samples.iter().map(|s| s.vmm).collect();
-    let mut rss: Vec<u64> = samples.iter().map(|s| s.rss_kib).collect();
-    rss.sort();
-    let guest_rss = samples.iter().map(|s| s.guest_rss_kib).max().unwrap_or(0);
     println!(
         "firedoor-vmm ({}), tiny guest, 1 vCPU, {GUEST_MEMORY_MIB} MiB",
         vmm.display()
     );
+    // Alternating, so both modes see the same machine load.
+    let (mut jailed, mut unjailed) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        jailed.push(one_run(&vmm, &kernel, "--jail"));
+        unjailed.push(one_run(&vmm, &kernel, "--no-jail"));
+    }
+    fs::remove_dir_all(&dir).unwrap();
+    report("jailed (--jail, needs root)", &jailed);
+    report("unjailed (--no-jail)", &unjailed);
+    println!("  (vsock round trip: needs a real guest; see the nested bench)");
+}
+
+fn report(mode: &str, samples: &[Sample]) {
+    let mut host: Vec<Duration> = samples.iter().map(|s| s.host).collect();
+    let mut inner: Vec<Duration> = samples.iter().map(|s| s.vmm).collect();
+    let mut rss: Vec<u64> = samples.iter().map(|s| s.rss_kib).collect();
+    rss.sort();
+    let supervisor = samples
+        .iter()
+        .map(|s| s.supervisor_rss_kib)
+        .max()
+        .unwrap_or(0);
+    let guest_rss = samples.iter().map(|s| s.guest_rss_kib).max().unwrap_or(0);
+    println!("  {mode}");
     println!(
-        "  spawn -> first guest port write (host clock): {}",
+        "    spawn -> first guest port write (host clock): {}",
         summary_us(&mut host)
     );
     println!(
-        "  VMM main -> first guest port write (VMM log): {}",
+        "    VMM main -> first guest port write (VMM log): {}",
         summary_us(&mut inner)
     );
     println!(
-        "  VMM RSS without guest memory: median {:.2} MiB, max {:.2} MiB (guest memory touched: {} KiB)",
+        "    VMM RSS without guest memory: median {:.2} MiB, max {:.2} MiB \
+         (of which the supervisor's private pages: max {supervisor} KiB; guest memory touched: {guest_rss} KiB)",
         rss[rss.len() / 2] as f64 / 1024.0,
         rss[rss.len() - 1] as f64 / 1024.0,
-        guest_rss
     );
-    println!("  (vsock round trip: needs a real guest; see the nested bench)");
 }
 
 /// Like [`summary`], with sub-millisecond resolution.

@@ -249,3 +249,73 @@ fn harness_passes_output_and_exit_status() {
     );
     assert!(stdout.contains("oops\n"), "{stdout}");
 }
+
+/// The real guest under the jailed VMM: the agent comes up and answers a
+/// hybrid-vsock CONNECT while the VMM is PID 1 of its own namespaces, has
+/// no capabilities, runs under seccomp, and sees only its socket directory.
+#[test]
+fn builtin_vmm_runs_the_real_guest_jailed() {
+    let vmm = bin("firedoor-vmm");
+    let (kernel, initrd) = guest_image();
+    let script = r#"set -eo pipefail
+        cd /tmp
+        mkdir run
+        "$0" --jail --kernel "$1" --initrd "$2" --memory-mib 256 \
+          --vsock-uds /tmp/run/v.sock --serial /tmp/console.log \
+          --cmdline "console=ttyS0 reboot=k panic=-1 firedoor.port=1024" 2>vmm.log &
+        supervisor=$!
+        # A deadline in seconds, not a count of polls: each poll forks, and
+        # forks are slow in L1 when the host is busy.
+        deadline=$((SECONDS + 200))
+        until grep -q "firedoor-agent: ready on vsock port 1024" console.log 2>/dev/null; do
+          [ $SECONDS -lt $deadline ] || break
+          sleep 0.5
+        done
+        grep -q "firedoor-agent: ready" console.log || { cat console.log vmm.log; exit 1; }
+        vmm=$(grep -l "^PPid:[[:space:]]*$supervisor\$" /proc/[0-9]*/status | cut -d/ -f3)
+        echo "supervisor $supervisor vmm $vmm"
+        grep -E '^(NSpid|CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/$vmm/status
+        for ns in mnt net pid; do
+          [ "$(readlink /proc/$vmm/ns/$ns)" != "$(readlink /proc/self/ns/$ns)" ] && echo "own $ns namespace"
+        done
+        echo "root: $(cd /proc/$vmm/root && find . | sort | tr '\n' ' ')"
+        timeout 30 /usr/bin/python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect("/tmp/run/v.sock")
+s.sendall(b"CONNECT 1024\n")
+print("vsock reply:", s.recv(32).decode().split()[0])'
+        kill -TERM $supervisor
+        wait $supervisor && echo "firedoor-vmm exited with 0"
+        [ -e /tmp/run/v.sock ] || echo "socket removed""#;
+    let out = nested(&[
+        "/bin/bash",
+        "-c",
+        script,
+        vmm.to_str().unwrap(),
+        kernel.to_str().unwrap(),
+        initrd.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    for expected in [
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+        "own mnt namespace",
+        "own net namespace",
+        "own pid namespace",
+        "root: . ./tmp ./tmp/run ./tmp/run/v.sock \n",
+        "vsock reply: OK",
+        "firedoor-vmm exited with 0",
+        "socket removed",
+    ] {
+        assert!(stdout.contains(expected), "no {expected:?} in\n{stdout}");
+    }
+    let nspid = stdout.lines().find(|l| l.starts_with("NSpid:"));
+    assert!(
+        nspid.is_some_and(|l| l.ends_with("\t1")),
+        "not PID 1 of its namespace: {stdout}"
+    );
+}

@@ -10,6 +10,7 @@
 
 pub mod boot;
 pub mod devices;
+pub mod jail;
 pub mod memory;
 pub mod seccomp;
 mod vmm;

@@ -5,11 +5,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use firedoor_vmm::jail::{self, JailConfig};
 use firedoor_vmm::{DiskConfig, FsConfig, SerialOutput, StopHandle, VmConfig, Vmm, VsockConfig};
 
 #[derive(Parser, Debug)]
@@ -53,6 +55,30 @@ struct Args {
     /// Do not install seccomp filters (debugging only).
     #[arg(long)]
     no_seccomp: bool,
+    /// Require the jail (own PID, mount, network, IPC and UTS namespaces, a
+    /// root holding only the vsock socket's directory, no capabilities) and
+    /// fail if it cannot be set up. Without --jail or --no-jail, the VMM
+    /// jails itself when it has the privileges (root), and warns otherwise.
+    #[arg(long, conflicts_with = "no_jail")]
+    jail: bool,
+    /// Do not jail the VMM (debugging only).
+    #[arg(long)]
+    no_jail: bool,
+}
+
+/// Whether to jail, from the flags and this process's privileges.
+fn want_jail(args: &Args) -> Result<bool> {
+    if args.no_jail {
+        return Ok(false);
+    }
+    match jail::check_privileges() {
+        Ok(()) => Ok(true),
+        Err(e) if args.jail => Err(e).context("--jail"),
+        Err(e) => {
+            log::warn!("running without the jail: {e}");
+            Ok(false)
+        }
+    }
 }
 
 fn parse_disk(spec: &str) -> Result<DiskConfig> {
@@ -88,16 +114,39 @@ fn parse_fs(spec: &str) -> Result<FsConfig> {
 }
 
 static STOP: OnceLock<StopHandle> = OnceLock::new();
+/// A stop signal that came before the VM existed (it is honoured as soon as
+/// the VM is built: as PID 1 of a PID namespace, the VMM would otherwise
+/// ignore a SIGTERM that arrives before its handler does anything).
+static STOP_PENDING: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_terminate(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // Only an atomic and an eventfd write: async-signal-safe.
-    if let Some(stop) = STOP.get() {
-        stop.stop();
+    // Only atomics and an eventfd write: async-signal-safe.
+    match STOP.get() {
+        Some(stop) => stop.stop(),
+        None => STOP_PENDING.store(true, Ordering::SeqCst),
     }
 }
 
 fn run(start: Instant) -> Result<()> {
     let args = Args::parse();
+    let jailed = want_jail(&args)?;
+    if jailed {
+        // Before anything is allocated or opened: the supervisor left
+        // behind stays small.
+        jail::pid::enter_namespace().context("cannot jail the VMM")?;
+    }
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        vmm_sys_util::signal::register_signal_handler(sig, on_terminate)
+            .context("cannot install signal handlers")?;
+    }
+    // The jail changes the current directory: relative paths used after
+    // setup must be made absolute now.
+    let vsock_uds = match args.vsock_uds {
+        Some(p) => Some(std::path::absolute(&p).with_context(|| {
+            format!("cannot make the vsock socket path {} absolute", p.display())
+        })?),
+        None => None,
+    };
     let disks = args
         .disk
         .iter()
@@ -113,7 +162,7 @@ fn run(start: Instant) -> Result<()> {
     config.cmdline = args.cmdline;
     config.vcpus = args.vcpus;
     config.memory_mib = args.memory_mib;
-    config.vsock = args.vsock_uds.map(|uds_path| VsockConfig {
+    config.vsock = vsock_uds.clone().map(|uds_path| VsockConfig {
         uds_path,
         cid: args.vsock_cid,
     });
@@ -128,9 +177,23 @@ fn run(start: Instant) -> Result<()> {
 
     let mut vmm = Vmm::new(config).context("cannot create the VM")?;
     let _ = STOP.set(vmm.stop_handle());
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        vmm_sys_util::signal::register_signal_handler(sig, on_terminate)
-            .context("cannot install signal handlers")?;
+    if STOP_PENDING.load(Ordering::SeqCst) {
+        vmm.stop_handle().stop();
+    }
+    if jailed {
+        // Everything is open; what is still used by path at run time is the
+        // vsock socket's directory (guest connections to `<uds>_<port>`,
+        // removing the socket at exit). vhost-user sockets are connected
+        // during setup and need no path afterwards.
+        let exposed_dirs = vsock_uds
+            .as_deref()
+            .map(jail::socket_dir)
+            .transpose()
+            .context("cannot jail the VMM")?
+            .into_iter()
+            .collect();
+        jail::enter(&JailConfig { exposed_dirs }).context("cannot jail the VMM")?;
+        log::debug!("jailed: own namespaces, new root, no capabilities");
     }
     let reason = vmm.run().context("the VM failed")?;
     log::info!("exiting: {reason:?}");

@@ -18,6 +18,9 @@ pub enum ThreadKind {
     Vmm,
     /// A vCPU: KVM_RUN and port/MMIO emulation.
     Vcpu,
+    /// The jail's supervisor (outside the VMM's PID namespace): waits for
+    /// the VMM, forwards stop signals, exits like it.
+    Supervisor,
 }
 
 /// Errors building or installing a filter.
@@ -89,6 +92,17 @@ const VMM_ONLY: &[libc::c_long] = &[
     libc::SYS_unlinkat,
 ];
 
+/// The supervisor: wait, forward signals, and end like the VMM did
+/// (setrlimit against a second core dump, re-raising the signal).
+const SUPERVISOR_ONLY: &[libc::c_long] = &[
+    libc::SYS_kill,
+    libc::SYS_prlimit64,
+    libc::SYS_rt_sigaction,
+    libc::SYS_setrlimit,
+    libc::SYS_tgkill,
+    libc::SYS_wait4,
+];
+
 fn arg_eq(index: u8, len: SeccompCmpArgLen, value: u64) -> Result<SeccompRule, SeccompError> {
     let cond = SeccompCondition::new(index, len, SeccompCmpOp::Eq, value)?;
     Ok(SeccompRule::new(vec![cond])?)
@@ -111,6 +125,10 @@ pub fn build_filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
                 libc::SYS_ioctl,
                 vec![arg_eq(1, SeccompCmpArgLen::Dword, KVM_RUN)?, tcgets],
             );
+        }
+        ThreadKind::Supervisor => {
+            rules.extend(SUPERVISOR_ONLY.iter().map(|&s| (s, vec![])));
+            rules.insert(libc::SYS_ioctl, vec![tcgets]);
         }
         ThreadKind::Vmm => {
             rules.extend(VMM_ONLY.iter().map(|&s| (s, vec![])));
@@ -148,5 +166,6 @@ mod tests {
     fn filters_build() {
         assert!(!build_filter(ThreadKind::Vmm).unwrap().is_empty());
         assert!(!build_filter(ThreadKind::Vcpu).unwrap().is_empty());
+        assert!(!build_filter(ThreadKind::Supervisor).unwrap().is_empty());
     }
 }

@@ -260,13 +260,41 @@ impl Builder {
     }
 }
 
-fn open_serial(out: SerialOutput) -> Result<Box<dyn Write + Send>, VmmError> {
+/// Removes a file this VMM created unless setup succeeds: a failed start
+/// leaves nothing behind.
+struct RemoveUnlessDisarmed(Option<PathBuf>);
+
+impl RemoveUnlessDisarmed {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveUnlessDisarmed {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn open_serial(
+    out: SerialOutput,
+    created: &mut RemoveUnlessDisarmed,
+) -> Result<Box<dyn Write + Send>, VmmError> {
     Ok(match out {
         SerialOutput::Stdout => Box::new(std::io::stdout()),
-        SerialOutput::File(path) => Box::new(File::create(&path).map_err(io_err(format!(
-            "cannot create serial output {}",
-            path.display()
-        )))?),
+        SerialOutput::File(path) => {
+            let existed = path.exists();
+            let file = File::create(&path).map_err(io_err(format!(
+                "cannot create serial output {}",
+                path.display()
+            )))?;
+            if !existed {
+                created.0 = Some(path);
+            }
+            Box::new(file)
+        }
         SerialOutput::Writer(w) => w,
         SerialOutput::Sink => Box::new(std::io::sink()),
     })
@@ -343,7 +371,11 @@ impl Vmm {
         b.vm.fd()
             .register_irqfd(&serial_irq, SERIAL_IRQ)
             .map_err(|e| VmmError::Kvm("KVM_IRQFD", e))?;
-        let serial = SerialDevice::new(EventFdTrigger(serial_irq), open_serial(config.serial)?);
+        let mut serial_file = RemoveUnlessDisarmed(None);
+        let serial = SerialDevice::new(
+            EventFdTrigger(serial_irq),
+            open_serial(config.serial, &mut serial_file)?,
+        );
         b.pio.insert(
             SERIAL_PORT_BASE,
             SERIAL_PORT_LEN,
@@ -397,6 +429,7 @@ impl Vmm {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        serial_file.disarm();
         Ok(Self {
             vcpus,
             event_manager: b.event_manager,

@@ -316,3 +316,403 @@ fn seccomp_kills_forbidden_syscalls() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// The jail.
+
+/// Whether this test process could jail a VMM (root with CAP_SYS_ADMIN and
+/// CAP_SETPCAP); says why not otherwise.
+fn jail_possible() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    let needed = (1u64 << 21) | (1 << 8); // CAP_SYS_ADMIN, CAP_SETPCAP
+    if cap_eff & needed == needed {
+        return true;
+    }
+    eprintln!("SKIPPED: the jail needs CAP_SYS_ADMIN and CAP_SETPCAP (run the tests as root)");
+    false
+}
+
+fn field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+        .trim()
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every path under `dir`, relative to it.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path.clone());
+            }
+            out.push(path.strip_prefix(dir).unwrap().to_owned());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The host's mounts a VMM run in `dir` could have left: of `dir`, or of
+/// the jail's root tmpfs. (Other mounts on this machine come and go with
+/// other work, so the whole table is not compared.)
+fn mounts_left_by_vmm(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&dir) || l.contains("firedoor-vmm-jail"))
+        .map(String::from)
+        .collect()
+}
+
+/// Processes whose command line mentions `marker` (a test's temporary
+/// directory): what a VMM run would leave behind.
+fn processes_mentioning(marker: &Path) -> Vec<u32> {
+    let marker = marker.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&marker))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Children of `pid`, from /proc/*/status (CONFIG_PROC_CHILDREN, which
+/// gives /proc/PID/task/TID/children, is not everywhere).
+fn children_of(pid: u32) -> Vec<u32> {
+    let ppid_line = format!("PPid:\t{pid}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/status"))
+                .is_ok_and(|s| s.lines().any(|l| l == ppid_line))
+        })
+        .collect()
+}
+
+/// The jailed VMM: the only child of the supervisor the test spawned.
+fn jailed_vmm_pid(supervisor: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pids = children_of(supervisor);
+        if let [pid] = pids[..] {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "supervisor has children {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Starts a jailed VMM whose guest prints "ready" and spins; returns once
+/// the guest is running.
+fn start_spinning_jailed_vmm(dir: &Path, uds: &Path) -> std::process::Child {
+    let code = Asm::default()
+        .print("ready\n")
+        .raw(&[0xfa, 0xeb, 0xfe])
+        .code
+        .clone();
+    let kernel = write_kernel(dir, &code);
+    let serial = dir.join("serial.log");
+    let child = Command::new(VMM)
+        .args(["--jail", "--kernel", kernel.to_str().unwrap()])
+        .args(["--serial", serial.to_str().unwrap(), "--vcpus", "2"])
+        .args(["--vsock-uds", uds.to_str().unwrap(), "--memory-mib", "32"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&serial).unwrap_or_default() != "ready\n" {
+        assert!(Instant::now() < deadline, "guest never became ready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+fn wait_until_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "process {pid} is still there");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn jailed_vmm_runs_confined() {
+    if !kvm_available() || !jail_possible() {
+        return;
+    }
+    let dir = tempfile::TempDir::new().unwrap();
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    std::fs::write(dir.path().join("secret"), "not for the VMM").unwrap();
+    let uds = run_dir.join("v.sock");
+    let mut supervisor = start_spinning_jailed_vmm(dir.path(), &uds);
+    let vmm = jailed_vmm_pid(supervisor.id());
+    let proc_dir = PathBuf::from(format!("/proc/{vmm}"));
+
+    // Its own namespaces.
+    for ns in ["mnt", "net", "pid", "ipc", "uts"] {
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let its = std::fs::read_link(proc_dir.join("ns").join(ns)).unwrap();
+        assert_ne!(ours, its, "the VMM shares the {ns} namespace");
+    }
+    let status = std::fs::read_to_string(proc_dir.join("status")).unwrap();
+    assert_eq!(
+        field(&status, "NSpid"),
+        format!("{vmm}\t1"),
+        "PID 1 of its namespace"
+    );
+
+    // Every thread: no capabilities, no_new_privs, a seccomp filter. (KVM
+    // adds a kernel worker, kvm-nx-lpage-recovery, to the process.)
+    let mut names = Vec::new();
+    for task in names_in(&proc_dir.join("task")) {
+        let status =
+            std::fs::read_to_string(proc_dir.join("task").join(task).join("status")).unwrap();
+        let name = field(&status, "Name").to_owned();
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(field(&status, set), "0000000000000000", "{name}: {set}");
+        }
+        assert_eq!(field(&status, "NoNewPrivs"), "1", "{name}");
+        assert_eq!(
+            field(&status, "Seccomp"),
+            "2",
+            "{name}: seccomp filter mode"
+        );
+        names.push(name);
+    }
+    for thread in ["firedoor-vmm", "vcpu0", "vcpu1"] {
+        assert!(
+            names.iter().any(|n| n == thread),
+            "no {thread} in {names:?}"
+        );
+    }
+
+    // Its file system: the socket's directory and nothing else (not the
+    // kernel, the serial log, or the file beside them).
+    let root = proc_dir.join("root");
+    let mut path_in_jail = root.clone();
+    for component in run_dir.strip_prefix("/").unwrap().components() {
+        assert_eq!(
+            names_in(&path_in_jail),
+            [component.as_os_str().to_string_lossy()],
+            "{}",
+            path_in_jail.display()
+        );
+        path_in_jail.push(component);
+    }
+    assert_eq!(names_in(&path_in_jail), ["v.sock"]);
+    let its_mounts = std::fs::read_to_string(proc_dir.join("mountinfo")).unwrap();
+    assert_eq!(its_mounts.lines().count(), 2, "{its_mounts}");
+    let root_mount = its_mounts.lines().find(|l| l.contains(" / / ")).unwrap();
+    assert!(
+        root_mount.contains(" ro,") && root_mount.contains(" - tmpfs "),
+        "{root_mount}"
+    );
+
+    // The host still reaches the vsock listener through the same path.
+    let mut host = UnixStream::connect(&uds).unwrap();
+    host.write_all(b"CONNECT 1024\n").unwrap();
+
+    // A graceful stop through the supervisor.
+    // SAFETY: plain kill(2) on our own child.
+    assert_eq!(
+        unsafe { libc::kill(supervisor.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let status = supervisor.wait().unwrap();
+    let mut err = String::new();
+    supervisor
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "status {status:?}: {err}");
+    wait_until_gone(vmm);
+    assert!(!uds.exists(), "the jailed VMM must remove its socket");
+    assert_eq!(mounts_left_by_vmm(dir.path()), [] as [String; 0]);
+}
+
+#[test]
+fn killing_the_supervisor_kills_the_jailed_vmm() {
+    if !kvm_available() || !jail_possible() {
+        return;
+    }
+    let dir = tempfile::TempDir::new().unwrap();
+    let uds = dir.path().join("v.sock");
+    let mut supervisor = start_spinning_jailed_vmm(dir.path(), &uds);
+    let vmm = jailed_vmm_pid(supervisor.id());
+    // What the host does to a VMM that misbehaves.
+    supervisor.kill().unwrap();
+    let status = supervisor.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    wait_until_gone(vmm);
+    assert!(processes_mentioning(dir.path()).is_empty());
+    assert_eq!(mounts_left_by_vmm(dir.path()), [] as [String; 0]);
+}
+
+/// The host tells how the VMM ended from the supervisor's status: a VMM
+/// killed by a signal (SIGSYS from its seccomp filter, or SIGKILL) must not
+/// look like a clean exit.
+#[test]
+fn jailed_vmm_death_by_signal_shows_in_the_supervisor_status() {
+    if !kvm_available() || !jail_possible() {
+        return;
+    }
+    let dir = tempfile::TempDir::new().unwrap();
+    let uds = dir.path().join("v.sock");
+    let mut supervisor = start_spinning_jailed_vmm(dir.path(), &uds);
+    let vmm = jailed_vmm_pid(supervisor.id());
+    // From outside its namespace only SIGKILL (or SIGSTOP) can end PID 1
+    // without a handler; a seccomp SIGSYS comes from the kernel and takes
+    // the same path through the supervisor.
+    // SAFETY: plain kill(2) on our own grandchild, which is still alive
+    // (the supervisor has not reaped it).
+    assert_eq!(unsafe { libc::kill(vmm as i32, libc::SIGKILL) }, 0);
+    let status = supervisor.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    wait_until_gone(vmm);
+}
+
+#[test]
+fn jail_without_privileges_is_a_clear_error() {
+    if !kvm_available() || !jail_possible() {
+        return;
+    }
+    let dir = tempfile::TempDir::new().unwrap();
+    let code = Asm::default().i8042_reset().halt_forever().code.clone();
+    let kernel = write_kernel(dir.path(), &code);
+    // Root without CAP_SYS_ADMIN, as in a container.
+    let vmm = |jail_flag: &[&str]| {
+        Command::new("setpriv")
+            .args(["--bounding-set", "-sys_admin", "--inh-caps", "-all", "--"])
+            .arg(VMM)
+            .args(jail_flag)
+            .args(["--kernel", kernel.to_str().unwrap(), "--memory-mib", "16"])
+            .args(["--serial", "/dev/null"])
+            .output()
+    };
+    let out = match vmm(&["--jail"]) {
+        Ok(o) if !stderr(&o).starts_with("setpriv:") => o,
+        _ => {
+            eprintln!("SKIPPED: setpriv cannot drop CAP_SYS_ADMIN here");
+            return;
+        }
+    };
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("jailing the VMM needs CAP_SYS_ADMIN")
+            && stderr(&out).contains("--no-jail"),
+        "{}",
+        stderr(&out)
+    );
+    // Without --jail it runs unconfined, and says so.
+    let out = vmm(&[]).unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("running without the jail"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Every way a start can fail leaves the run directory as it was, no
+/// mount and no process.
+#[test]
+fn failed_starts_leave_nothing_behind() {
+    if !kvm_available() || !jail_possible() {
+        return;
+    }
+    let dir = tempfile::TempDir::new().unwrap();
+    let kernel = write_kernel(dir.path(), &[0xf4]);
+    let big_kernel = dir.path().join("big-vmlinux");
+    std::fs::write(&big_kernel, build_elf(64 << 20, &[0xf4])).unwrap();
+    let taken = dir.path().join("taken.sock");
+    std::fs::write(&taken, "").unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let (uds, serial) = (run.join("v.sock"), run.join("serial.log"));
+    let (kernel, big_kernel) = (kernel.to_str().unwrap(), big_kernel.to_str().unwrap());
+    let common = |kernel: &str| {
+        vec![
+            "--jail".to_string(),
+            "--kernel".into(),
+            kernel.into(),
+            "--vsock-uds".into(),
+            uds.display().to_string(),
+            "--serial".into(),
+            serial.display().to_string(),
+        ]
+    };
+    let missing_disk = format!("{}", dir.path().join("no-such-disk.img").display());
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (common("/nonexistent/vmlinux"), "cannot open kernel"),
+        (
+            [common(big_kernel), vec!["--memory-mib".into(), "32".into()]].concat(),
+            "kernel does not fit in guest memory",
+        ),
+        (
+            [common(kernel), vec!["--memory-mib".into(), "1".into()]].concat(),
+            "invalid guest memory size",
+        ),
+        // After the serial log and the vsock socket were created.
+        (
+            [common(kernel), vec!["--disk".into(), missing_disk]].concat(),
+            "cannot open disk",
+        ),
+        (
+            vec![
+                "--jail".into(),
+                "--kernel".into(),
+                kernel.into(),
+                "--vsock-uds".into(),
+                taken.display().to_string(),
+            ],
+            "cannot listen on vsock socket",
+        ),
+    ];
+    let files_before = tree(dir.path());
+    for (args, expected) in cases {
+        let out = Command::new(VMM).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert_eq!(tree(dir.path()), files_before, "{args:?} left files");
+        assert_eq!(
+            mounts_left_by_vmm(dir.path()),
+            [] as [String; 0],
+            "{args:?}"
+        );
+        assert_eq!(processes_mentioning(dir.path()), [] as [u32; 0], "{args:?}");
+    }
+}

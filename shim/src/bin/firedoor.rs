@@ -3,7 +3,11 @@
 //! `firedoor check` reports what this host can run; `firedoor check --boot`
 //! proves it by booting a throwaway microVM and calling its agent.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -59,6 +63,10 @@ struct CheckArgs {
     /// Extra guest kernel parameter (repeatable), e.g. firedoor.log=debug.
     #[arg(long = "kernel-param", value_name = "PARAM")]
     kernel_params: Vec<String>,
+    /// With --boot: time N agent Check RPCs (host -> vsock -> agent ->
+    /// host round trips) and print the median and 99th percentile.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    round_trips: usize,
 }
 
 fn main() -> ExitCode {
@@ -135,12 +143,55 @@ fn check(args: &CheckArgs) -> anyhow::Result<()> {
         sandbox.vm().boot_time().as_millis(),
         reply.boot_to_ready_ms
     );
+    if args.round_trips > 0 {
+        let mut samples = Vec::with_capacity(args.round_trips);
+        for _ in 0..args.round_trips {
+            let started = Instant::now();
+            sandbox.check()?;
+            samples.push(started.elapsed());
+        }
+        println!(
+            "  agent Check RPC round trip over vsock: {}",
+            RoundTrips::new(samples)
+        );
+    }
     let (status, killed) = sandbox.shutdown()?;
     if killed {
         bail!("the guest did not power off after Shutdown; it was killed ({status})");
     }
     println!("  guest powered off cleanly; boot check passed");
     Ok(())
+}
+
+/// Round-trip times, summarised.
+struct RoundTrips(Vec<Duration>);
+
+impl RoundTrips {
+    fn new(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        RoundTrips(samples)
+    }
+
+    /// The sample below which `percent` % of the samples fall (nearest rank).
+    fn percentile(&self, percent: usize) -> Duration {
+        let rank = (self.0.len() * percent).div_ceil(100).max(1);
+        self.0[rank - 1]
+    }
+}
+
+impl std::fmt::Display for RoundTrips {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        write!(
+            f,
+            "median {:.0} us, p99 {:.0} us, min {:.0} us, max {:.0} us (n={})",
+            us(self.percentile(50)),
+            us(self.percentile(99)),
+            us(self.0[0]),
+            us(self.0[self.0.len() - 1]),
+            self.0.len()
+        )
+    }
 }
 
 fn accel_note(kind: BackendKind, kvm: &KvmKind) -> &'static str {
@@ -161,5 +212,24 @@ fn print_lookup(what: &str, lookup: &Lookup) {
                 places.join(", ")
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_percentiles() {
+        let samples = (1..=200).rev().map(Duration::from_micros).collect();
+        let trips = RoundTrips::new(samples);
+        assert_eq!(trips.percentile(50), Duration::from_micros(100));
+        assert_eq!(trips.percentile(99), Duration::from_micros(198));
+        assert_eq!(
+            trips.to_string(),
+            "median 100 us, p99 198 us, min 1 us, max 200 us (n=200)"
+        );
+        let one = RoundTrips::new(vec![Duration::from_micros(7)]);
+        assert_eq!(one.percentile(99), Duration::from_micros(7));
     }
 }
