@@ -54,6 +54,44 @@ fn two_vcpus_and_more_memory_boot() {
     assert_nothing_left(run_base.path());
 }
 
+/// Guest RAM from the host's huge page pool (grown by the test for itself,
+/// then restored): the guest boots and its memory is in huge pages.
+#[test]
+fn huge_pages_back_the_guest() {
+    let pool = "/proc/sys/vm/nr_hugepages";
+    let total: u64 = std::fs::read_to_string(pool)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // 256 MiB of guest RAM: 128 pages of 2 MiB.
+    std::fs::write(pool, (total + 128).to_string()).unwrap();
+    let run_base = tempfile::tempdir().unwrap();
+    let mut spec = guest_spec(run_base.path());
+    spec.huge_pages = true;
+    let booted = Sandbox::boot(&QemuBackend::detect().unwrap(), &spec);
+    let in_use = || {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let field = |key: &str| -> u64 {
+            meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+                .unwrap()
+        };
+        field("HugePages_Total:") - field("HugePages_Free:")
+    };
+    let used = in_use();
+    let result = booted.map(|sandbox| {
+        sandbox.check().unwrap();
+        sandbox.shutdown().unwrap()
+    });
+    std::fs::write(pool, total.to_string()).unwrap();
+    let (status, killed) = result.unwrap();
+    assert!(status.success() && !killed);
+    assert!(used > 0, "no huge page in use while the guest ran");
+    assert_nothing_left(run_base.path());
+}
+
 #[test]
 fn missing_kernel_is_named_and_nothing_starts() {
     let run_base = tempfile::tempdir().unwrap();

@@ -46,6 +46,8 @@ pub struct VmSpec {
     pub kernel_params: Vec<String>,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// Guest RAM from the host's 2 MiB huge pages (`memory_mib` must be even).
+    pub huge_pages: bool,
     /// vsock port the guest agent listens on.
     pub agent_port: u32,
     /// From launch to the agent accepting a connection.
@@ -75,6 +77,7 @@ impl VmSpec {
             kernel_params: Vec::new(),
             vcpus: 1,
             memory_mib: 256,
+            huge_pages: false,
             agent_port: 1024,
             boot_timeout: Duration::from_secs(30),
             run_base: std::env::temp_dir(),
@@ -98,6 +101,12 @@ impl VmSpec {
         if !(64..=1024 * 1024).contains(&self.memory_mib) {
             return Err(Error::InvalidSpec(format!(
                 "memory_mib = {} (64 MiB to 1 TiB)",
+                self.memory_mib
+            )));
+        }
+        if self.huge_pages && !self.memory_mib.is_multiple_of(2) {
+            return Err(Error::InvalidSpec(format!(
+                "memory_mib = {} is not a whole number of 2 MiB huge pages",
                 self.memory_mib
             )));
         }

@@ -72,6 +72,9 @@ impl BuiltinBackend {
             "--serial".into(),
             run_dir.console_log().display().to_string(),
         ];
+        if spec.huge_pages {
+            args.push("--hugepages".into());
+        }
         if spec.shared_dir.is_some() {
             args.extend([
                 "--fs".into(),
@@ -138,6 +141,10 @@ mod tests {
         assert_eq!(value("--initrd"), "/k/initramfs.img");
         assert_eq!(value("--vcpus"), "2");
         assert_eq!(value("--memory-mib"), "512");
+        assert!(!args.contains(&"--hugepages".to_string()));
+        spec.huge_pages = true;
+        let huge = backend().vmm_args(&spec, &run_dir);
+        assert!(huge.contains(&"--hugepages".to_string()));
         assert_eq!(value("--vsock-cid"), "3");
         let dir = run_dir.path().display().to_string();
         assert_eq!(value("--vsock-uds"), format!("{dir}/vsock.sock"));

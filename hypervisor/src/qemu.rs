@@ -120,7 +120,14 @@ impl QemuBackend {
             format!("{mib}M"),
             // vhost-user devices need guest memory the daemon can map.
             "-object".into(),
-            format!("memory-backend-memfd,id=mem,size={mib}M,share=on"),
+            format!(
+                "memory-backend-memfd,id=mem,size={mib}M,share=on{}",
+                if spec.huge_pages {
+                    ",hugetlb=on,hugetlbsize=2M"
+                } else {
+                    ""
+                }
+            ),
         ]);
         args.extend(
             [
@@ -232,6 +239,13 @@ mod tests {
         assert!(
             joined.contains("memory-backend-memfd,id=mem,size=512M,share=on"),
             "{joined}"
+        );
+        assert!(!joined.contains("hugetlb"), "{joined}");
+        spec.huge_pages = true;
+        let huge = backend.qemu_args(&spec, &run_dir).join(" ");
+        assert!(
+            huge.contains("share=on,hugetlb=on,hugetlbsize=2M"),
+            "{huge}"
         );
         let vsock = format!(
             "socket,id=vsock,path={}/vhost-vsock.sock",

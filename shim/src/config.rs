@@ -21,6 +21,7 @@ use serde::Deserialize;
 /// initrd = ""             # guest initramfs; "" = searched
 /// vcpus = 1               # vCPUs per sandbox VM
 /// memory_mib = 256        # guest memory per sandbox VM, before container limits
+/// hugepages = false       # guest memory from the host's 2 MiB huge pages (/proc/sys/vm/nr_hugepages)
 /// boot_timeout_secs = 30  # launch to agent answer
 /// log_level = "info"      # shim log level: error, warn, info, debug, trace
 /// kernel_params = []      # extra guest kernel parameters, e.g. ["firedoor.log=debug"]
@@ -36,6 +37,7 @@ pub struct Config {
     pub initrd: PathBuf,
     pub vcpus: u32,
     pub memory_mib: u32,
+    pub hugepages: bool,
     pub boot_timeout_secs: f64,
     pub log_level: String,
     pub kernel_params: Vec<String>,
@@ -52,6 +54,7 @@ impl Default for Config {
             initrd: PathBuf::new(),
             vcpus: 1,
             memory_mib: 256,
+            hugepages: false,
             boot_timeout_secs: 30.0,
             log_level: "info".into(),
             kernel_params: Vec::new(),

@@ -55,6 +55,10 @@ struct Args {
     /// Do not install seccomp filters (debugging only).
     #[arg(long)]
     no_seccomp: bool,
+    /// Back guest memory with 2 MiB huge pages from the host's pool
+    /// (/proc/sys/vm/nr_hugepages); the size must be a multiple of 2 MiB.
+    #[arg(long)]
+    hugepages: bool,
     /// Require the jail (own PID, mount, network, IPC and UTS namespaces, a
     /// root holding only the vsock socket's directory, no capabilities) and
     /// fail if it cannot be set up. Without --jail or --no-jail, the VMM
@@ -173,6 +177,7 @@ fn run(start: Instant) -> Result<()> {
         path => SerialOutput::File(path.into()),
     };
     config.seccomp = !args.no_seccomp;
+    config.huge_pages = args.hugepages;
     config.start_time = start;
 
     let mut vmm = Vmm::new(config).context("cannot create the VM")?;

@@ -32,6 +32,22 @@ pub enum MemoryError {
     /// mmap failed.
     #[error("cannot map guest memory: {0}")]
     Mmap(#[from] vm_memory::mmap::FromRangesError),
+    /// Huge pages were asked for a size that is not a multiple of them.
+    #[error("guest memory of {0} bytes is not a multiple of 2 MiB huge pages")]
+    HugePageSize(u64),
+    /// The huge page pool cannot hold the guest.
+    #[error(
+        "cannot map {size} bytes of guest memory from 2 MiB huge pages: {source} \
+         (is the pool large enough? see HugePages_Free in /proc/meminfo; raise \
+         /proc/sys/vm/nr_hugepages)"
+    )]
+    HugePagesUnavailable {
+        /// Bytes asked for.
+        size: u64,
+        /// The error.
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
     /// The memfd for shared guest memory could not be created or sized.
     #[error("cannot create shared guest memory (memfd of {size} bytes): {source}")]
     Memfd {
@@ -51,7 +67,14 @@ pub enum MemoryBacking {
     /// One memfd mapped MAP_SHARED: its descriptor can be handed to a
     /// vhost-user backend, which maps the same pages.
     SharedMemfd,
+    /// As `SharedMemfd`, from the host's pool of 2 MiB huge pages
+    /// (`/proc/sys/vm/nr_hugepages`): fewer TLB misses, and the memory is
+    /// reserved when mapped, so a pool too small fails at start, not later.
+    HugePages,
 }
+
+/// Size of the huge pages [`MemoryBacking::HugePages`] uses.
+pub const HUGE_PAGE_BYTES: u64 = 2 << 20;
 
 /// Guest RAM ranges for `size` bytes: one range below the MMIO gap and, for
 /// large guests, the rest starting at 4 GiB.
@@ -81,11 +104,16 @@ pub fn create_guest_memory_backed(
         return Err(MemoryError::InvalidSize(size));
     }
     let ranges = arch_memory_ranges(size);
+    let huge = backing == MemoryBacking::HugePages;
+    if huge && !size.is_multiple_of(HUGE_PAGE_BYTES) {
+        return Err(MemoryError::HugePageSize(size));
+    }
     match backing {
         MemoryBacking::Private => Ok(GuestMemoryMmap::from_ranges(&ranges)?),
-        MemoryBacking::SharedMemfd => {
-            let file = Arc::new(create_memfd(size)?);
-            // The regions are consecutive slices of the one file.
+        MemoryBacking::SharedMemfd | MemoryBacking::HugePages => {
+            let file = Arc::new(create_memfd(size, huge)?);
+            // The regions are consecutive slices of the one file (the MMIO
+            // gap starts on a huge page boundary, so each slice does too).
             let mut offset = 0u64;
             let with_files: Vec<_> = ranges
                 .iter()
@@ -95,16 +123,51 @@ pub fn create_guest_memory_backed(
                     region
                 })
                 .collect();
+            if huge {
+                return map_huge_pages(&with_files)
+                    .map_err(|source| MemoryError::HugePagesUnavailable { size, source });
+            }
             Ok(GuestMemoryMmap::from_ranges_with_files(&with_files)?)
         }
     }
 }
 
-fn create_memfd(size: u64) -> Result<File, MemoryError> {
+/// Maps huge page memfd slices *with* a reservation: vm-memory maps files
+/// MAP_NORESERVE, which for hugetlb would defer running out of huge pages
+/// to a SIGBUS on the guest's first touch instead of an error now.
+fn map_huge_pages(
+    ranges: &[(GuestAddress, usize, Option<FileOffset>)],
+) -> Result<GuestMemoryMmap, vm_memory::mmap::FromRangesError> {
+    use vm_memory::mmap::{FromRangesError, MmapRegionBuilder};
+    let regions = ranges
+        .iter()
+        .map(|(addr, len, file)| {
+            let mut builder = MmapRegionBuilder::new(*len)
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_SHARED)
+                .with_hugetlbfs(true);
+            if let Some(file) = file {
+                builder = builder.with_file_offset(file.clone());
+            }
+            let region = builder.build()?;
+            vm_memory::GuestRegionMmap::new(region, *addr)
+                .ok_or(FromRangesError::InvalidGuestRegion)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(GuestMemoryMmap::from_regions(regions)?)
+}
+
+fn create_memfd(size: u64, huge_pages: bool) -> Result<File, MemoryError> {
     let memfd_err = |source| MemoryError::Memfd { size, source };
+    let flags = if huge_pages {
+        // MFD_HUGETLB alone means the default huge page size (2 MiB on x86).
+        libc::MFD_CLOEXEC | libc::MFD_HUGETLB
+    } else {
+        libc::MFD_CLOEXEC
+    };
     // SAFETY: the name is a valid NUL-terminated string; the call has no
     // other inputs and returns a new descriptor or -1.
-    let fd = unsafe { libc::memfd_create(c"firedoor-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(c"firedoor-guest-ram".as_ptr(), flags) };
     if fd < 0 {
         return Err(memfd_err(std::io::Error::last_os_error()));
     }
@@ -148,6 +211,49 @@ mod tests {
         // The gap is not memory.
         assert!(mem.write_obj(1u8, GuestAddress(MMIO_GAP_START)).is_err());
         assert!(mem.write_obj(1u8, GuestAddress(MMIO_GAP_END)).is_ok());
+    }
+
+    #[test]
+    fn huge_pages_must_fit_the_page_size() {
+        let err = create_guest_memory_backed(9 << 20, MemoryBacking::HugePages).unwrap_err();
+        assert!(matches!(err, MemoryError::HugePageSize(_)), "{err}");
+    }
+
+    fn hugepages_meminfo(key: &str) -> u64 {
+        std::fs::read_to_string("/proc/meminfo")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+            .unwrap()
+    }
+
+    /// Beyond the pool: a clear error at once, not a SIGBUS on first touch.
+    /// Within it (the test grows the pool for itself, then restores it):
+    /// guest RAM comes from huge pages.
+    #[test]
+    fn huge_pages_come_from_the_pool_or_fail_at_start() {
+        let free = hugepages_meminfo("HugePages_Free:");
+        let too_big = (free + 8) * HUGE_PAGE_BYTES;
+        let err = create_guest_memory_backed(too_big, MemoryBacking::HugePages).unwrap_err();
+        assert!(err.to_string().contains("nr_hugepages"), "{err}");
+
+        let pool = "/proc/sys/vm/nr_hugepages";
+        let total = hugepages_meminfo("HugePages_Total:");
+        if std::fs::write(pool, (total + 8).to_string()).is_err() {
+            return; // not root: the error path above is what can be checked
+        }
+        let result = create_guest_memory_backed(16 << 20, MemoryBacking::HugePages);
+        let in_use = result
+            .as_ref()
+            .map(|mem| {
+                mem.write_obj(1u8, GuestAddress(0)).unwrap();
+                hugepages_meminfo("HugePages_Total:") - hugepages_meminfo("HugePages_Free:")
+            })
+            .map_err(|e| e.to_string());
+        drop(result);
+        std::fs::write(pool, total.to_string()).unwrap();
+        let in_use = in_use.unwrap();
+        assert!(in_use >= 1, "no huge page in use after a write");
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub struct VmConfig {
     pub kvm_path: PathBuf,
     /// Install the seccomp filters when running.
     pub seccomp: bool,
+    /// Back guest RAM with the host's 2 MiB huge pages.
+    pub huge_pages: bool,
     /// When the VMM started (the boot timer measures from here).
     pub start_time: Instant,
 }
@@ -121,6 +123,7 @@ impl VmConfig {
             serial: SerialOutput::Stdout,
             kvm_path: PathBuf::from("/dev/kvm"),
             seccomp: true,
+            huge_pages: false,
             start_time: Instant::now(),
         }
     }
@@ -325,8 +328,10 @@ impl Vmm {
         };
 
         // vhost-user backends map guest RAM themselves: it must be a shared
-        // memfd then. Otherwise private memory, as before.
-        let backing = if config.fs.is_empty() {
+        // memfd then (huge pages are one too). Otherwise private memory.
+        let backing = if config.huge_pages {
+            MemoryBacking::HugePages
+        } else if config.fs.is_empty() {
             MemoryBacking::Private
         } else {
             MemoryBacking::SharedMemfd

@@ -186,6 +186,59 @@ fn logging_to_a_terminal_survives_seccomp() {
     assert!(out.contains("guest reset through the i8042"), "{out}");
 }
 
+/// `--hugepages`: the guest runs from the host's huge page pool, and a pool
+/// too small is a clear error at start.
+#[test]
+fn hugepages_back_the_guest_or_fail_clearly() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::TempDir::new().unwrap();
+    let code = Asm::default()
+        .print("hello, huge pages\n")
+        .i8042_reset()
+        .halt_forever()
+        .code
+        .clone();
+    let kernel = write_kernel(dir.path(), &code);
+    let serial = dir.path().join("serial.log");
+    let meminfo = |key: &str| -> u64 {
+        std::fs::read_to_string("/proc/meminfo")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+            .unwrap()
+    };
+    let run = |mib: u64| {
+        run_vmm(&[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--serial",
+            serial.to_str().unwrap(),
+            "--memory-mib",
+            &mib.to_string(),
+            "--hugepages",
+        ])
+    };
+    let beyond_the_pool = (meminfo("HugePages_Free:") + 8) * 2;
+    let out = run(beyond_the_pool);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("nr_hugepages"), "{}", stderr(&out));
+
+    let pool = "/proc/sys/vm/nr_hugepages";
+    let total = meminfo("HugePages_Total:");
+    if std::fs::write(pool, (total + 16).to_string()).is_err() {
+        return; // not root
+    }
+    let out = run(32);
+    std::fs::write(pool, total.to_string()).unwrap();
+    assert!(out.status.success(), "{:?}: {}", out.status, stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&serial).unwrap(),
+        "hello, huge pages\n"
+    );
+}
+
 #[test]
 fn missing_kernel_is_a_clear_error() {
     let out = run_vmm(&["--kernel", "/nonexistent/vmlinux"]);

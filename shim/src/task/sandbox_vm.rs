@@ -179,6 +179,10 @@ fn vm_spec(
     let mut spec = VmSpec::new(kernel, initrd);
     spec.vcpus = config.vcpus;
     spec.memory_mib = config.memory_mib + memory_limit_mib.map_or(0, |m| m + MEMORY_OVERHEAD_MIB);
+    spec.huge_pages = config.hugepages;
+    if spec.huge_pages {
+        spec.memory_mib = spec.memory_mib.next_multiple_of(2);
+    }
     spec.boot_timeout = config.boot_timeout();
     spec.kernel_params = config.kernel_params.clone();
     spec.run_base = state_dir.to_owned();
