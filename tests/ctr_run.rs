@@ -84,6 +84,26 @@ fn run_rm_echo_prints_and_exits_zero() {
     assert_sandbox_gone(&ctrd, "fd-echo");
 }
 
+/// A shim that died without containerd's `delete` left its state dir (here
+/// faked): the next sandbox with that id cleans it up and runs.
+#[test]
+fn stale_state_of_a_dead_shim_is_cleaned_up() {
+    let ctrd = Containerd::start();
+    let stale = state_dir("fd-stale");
+    fs::create_dir_all(stale.join("vm")).unwrap();
+    fs::write(stale.join("vm/console.log"), "old").unwrap();
+    fs::write(stale.join("vm.pids"), "999999999\n").unwrap();
+    let out = run_rm(&ctrd, "fd-stale", &["echo", "fresh"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        ctrd.log_tail(30)
+    );
+    assert_eq!(text(&out.stdout), "fresh\n");
+    assert_sandbox_gone(&ctrd, "fd-stale");
+}
+
 #[test]
 fn exit_code_propagates() {
     let ctrd = Containerd::start();

@@ -194,6 +194,9 @@ fn ctr_run_picks_the_builtin_backend_on_hardware_kvm() {
     );
 }
 
+/// The ctr subset with the built-in backend: run --rm echo (and that "auto"
+/// chose builtin), the exit code, exec and metrics of a detached task, and
+/// the VMM killed with SIGKILL (task stopped, deleted, nothing left).
 /// Needs hardware KVM: started inside L1 by
 /// [`ctr_run_picks_the_builtin_backend_on_hardware_kvm`].
 #[test]
@@ -235,6 +238,81 @@ fn ctr_run_with_the_auto_backend_inside_l1() {
         "the shim did not pick the builtin backend:\n{}",
         ctrd.log_tail(40)
     );
+
+    // The exit code reaches ctr.
+    let out = ctrd
+        .ctr_command(&[
+            "run",
+            "--runtime",
+            RUNTIME,
+            "--rm",
+            BUSYBOX_IMAGE,
+            "fd-exit",
+            "sh",
+            "-c",
+            "exit 3",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", ctrd.log_tail(40));
+
+    // A detached task: exec, metrics, then the VMM killed with SIGKILL.
+    let id = "fd-nested-d";
+    ctrd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX_IMAGE,
+        id,
+        "sleep",
+        "1000",
+    ]);
+    let task_status = |want: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let tasks = ctrd.ctr_ok(&["task", "ls"]);
+            if tasks.lines().any(|l| l.starts_with(id) && l.contains(want)) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} never {want}:\n{tasks}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    task_status("RUNNING");
+    let out = ctrd.ctr_ok(&["task", "exec", "--exec-id", "e1", id, "echo", "from exec"]);
+    assert_eq!(out, "from exec\n");
+    let metrics = ctrd.ctr_ok(&["task", "metrics", id]);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["pids.current", "1"]),
+        "{metrics}"
+    );
+    let state_dir = std::path::Path::new("/run/firedoor/default").join(id);
+    let pids = std::fs::read_to_string(state_dir.join("vm.pids")).unwrap();
+    let vmm: i32 = pids.lines().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vmm),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    task_status("STOPPED");
+    ctrd.ctr_ok(&["task", "delete", id]);
+    ctrd.ctr_ok(&["containers", "rm", id]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while (state_dir.exists() || !ctrd.shim_pids().is_empty())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!state_dir.exists(), "{} left behind", state_dir.display());
+    assert_eq!(ctrd.shim_pids(), Vec::<u32>::new(), "shim left behind");
+    assert_eq!(firedoor_tests::processes_mentioning(&state_dir), vec![]);
 }
 
 #[test]

@@ -94,11 +94,21 @@ impl shim::Shim for FiredoorShim {
         if let Err(e) = &self.config {
             warn!("configuration error (every create will fail): {e}");
         }
+        // A new shim serving this sandbox: whatever is in its state dir was
+        // left by one that died (containerd may not have run `delete`).
+        let state_dir = state_dir(&self.namespace, &self.id);
+        if state_dir.exists() {
+            warn!(
+                "{} was left by an earlier shim of this sandbox; removing it",
+                state_dir.display()
+            );
+            remove_sandbox_state(&state_dir);
+        }
         TaskService::new(Arc::new(Shared {
             namespace: self.namespace.clone(),
             config: self.config.clone(),
             events: Events::new(publisher, self.namespace.clone()),
-            state_dir: state_dir(&self.namespace, &self.id),
+            state_dir,
             sandbox: Default::default(),
             containers: Mutex::default(),
             exit: self.exit.clone(),
@@ -126,6 +136,15 @@ fn sandbox_id_of_bundle(bundle: &Path) -> Option<String> {
 /// PID is never hit) and remove its mounts and state.
 fn cleanup_after_crash(bundle: &Path, state_dir: &Path) {
     let started = SystemTime::now();
+    remove_sandbox_state(state_dir);
+    mount::unmount_all_under(&bundle.join("rootfs"));
+    info!("cleanup took {:?}", started.elapsed().unwrap_or_default());
+}
+
+/// Kills the VM processes a dead shim recorded (only those whose command
+/// line still names this state dir: PIDs get reused), then unmounts and
+/// removes the state dir.
+fn remove_sandbox_state(state_dir: &Path) {
     if let Ok(pids) = fs::read_to_string(state_dir.join(crate::task::PIDS_FILE)) {
         let marker = state_dir.to_string_lossy().into_owned();
         for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
@@ -136,12 +155,10 @@ fn cleanup_after_crash(bundle: &Path, state_dir: &Path) {
             }
         }
     }
-    mount::unmount_all_under(&bundle.join("rootfs"));
     if state_dir.exists() {
         mount::unmount_all_under(state_dir);
         if let Err(e) = fs::remove_dir_all(state_dir) {
             warn!("removing {}: {e}", state_dir.display());
         }
     }
-    info!("cleanup took {:?}", started.elapsed().unwrap_or_default());
 }
