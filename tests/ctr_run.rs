@@ -2,49 +2,13 @@
 //! containerd 1.6 on a private socket, the busybox image built locally, the
 //! qemu backend (TCG on this host).
 
-use std::{
-    fs,
-    io::Write,
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::{fs, io::Write, process::Stdio};
 
 use firedoor_tests::{
     containerd::{Containerd, RUNTIME},
     image::BUSYBOX_IMAGE,
     processes_mentioning,
 };
-
-/// The shim's per-sandbox state (shared dir, VM run dir) for namespace
-/// "default".
-fn state_dir(id: &str) -> PathBuf {
-    Path::new("/run/firedoor/default").join(id)
-}
-
-/// Nothing of sandbox `id` is left: no process naming its state dir, no
-/// state dir, no shim, no container.
-fn assert_sandbox_gone(ctrd: &Containerd, id: &str) {
-    let dir = state_dir(id);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while (!processes_mentioning(&dir).is_empty() || dir.exists() || !ctrd.shim_pids().is_empty())
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(
-        processes_mentioning(&dir),
-        vec![],
-        "VM processes left behind"
-    );
-    assert!(!dir.exists(), "{} left behind", dir.display());
-    assert_eq!(ctrd.shim_pids(), Vec::<u32>::new(), "shim left behind");
-    let containers = ctrd.ctr_ok(&["containers", "ls", "-q"]);
-    assert!(
-        !containers.contains(id),
-        "container {id} left: {containers}"
-    );
-}
 
 fn run_rm(ctrd: &Containerd, id: &str, args: &[&str]) -> std::process::Output {
     let mut full = vec!["run", "--runtime", RUNTIME, "--rm", BUSYBOX_IMAGE, id];
@@ -81,7 +45,7 @@ fn run_rm_echo_prints_and_exits_zero() {
         ctrd.log_tail(30)
     );
     assert_eq!(text(&out.stdout), "hello from the microVM\n");
-    assert_sandbox_gone(&ctrd, "fd-echo");
+    ctrd.assert_sandbox_gone("fd-echo");
 }
 
 /// A shim that died without containerd's `delete` left its state dir (here
@@ -89,7 +53,7 @@ fn run_rm_echo_prints_and_exits_zero() {
 #[test]
 fn stale_state_of_a_dead_shim_is_cleaned_up() {
     let ctrd = Containerd::start();
-    let stale = state_dir("fd-stale");
+    let stale = Containerd::state_dir("fd-stale");
     fs::create_dir_all(stale.join("vm")).unwrap();
     fs::write(stale.join("vm/console.log"), "old").unwrap();
     fs::write(stale.join("vm.pids"), "999999999\n").unwrap();
@@ -101,7 +65,7 @@ fn stale_state_of_a_dead_shim_is_cleaned_up() {
         ctrd.log_tail(30)
     );
     assert_eq!(text(&out.stdout), "fresh\n");
-    assert_sandbox_gone(&ctrd, "fd-stale");
+    ctrd.assert_sandbox_gone("fd-stale");
 }
 
 #[test]
@@ -115,7 +79,7 @@ fn exit_code_propagates() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "out\n");
     assert!(text(&out.stderr).contains("err"), "{}", text(&out.stderr));
-    assert_sandbox_gone(&ctrd, "fd-exit");
+    ctrd.assert_sandbox_gone("fd-exit");
 }
 
 /// Output far beyond every buffer on the way (pipe, vsock credit, Unix
@@ -138,7 +102,7 @@ fn large_output_arrives_whole() {
     let got = text(&out.stdout);
     assert_eq!(got.len(), want.len(), "bytes of output");
     assert!(got == want, "output differs from seq 1 {lines}");
-    assert_sandbox_gone(&ctrd, "fd-bigout");
+    ctrd.assert_sandbox_gone("fd-bigout");
 }
 
 #[test]
@@ -167,7 +131,7 @@ fn stdin_is_forwarded_and_closed() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "line one\nline two\ndone\n");
-    assert_sandbox_gone(&ctrd, "fd-stdin");
+    ctrd.assert_sandbox_gone("fd-stdin");
 }
 
 #[test]
@@ -187,22 +151,7 @@ fn tty_gives_a_terminal_of_the_callers_size() {
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     assert!(stdout.contains("33 101"), "{stdout:?}");
     assert!(stdout.contains("/dev/pts/"), "{stdout:?}");
-    assert_sandbox_gone(&ctrd, "fd-tty");
-}
-
-fn wait_status(ctrd: &Containerd, id: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let tasks = ctrd.ctr_ok(&["task", "ls"]);
-        if tasks.lines().any(|l| l.starts_with(id) && l.contains(want)) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "task {id} never became {want}:\n{tasks}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    ctrd.assert_sandbox_gone("fd-tty");
 }
 
 #[test]
@@ -222,7 +171,7 @@ fn detached_task_exec_ps_pause_resume_metrics_kill_delete() {
         "-c",
         "trap 'exit 0' TERM; sleep 1000 & wait",
     ]);
-    wait_status(&ctrd, id, "RUNNING");
+    ctrd.wait_status(id, "RUNNING");
     // The shim catches no SIGCHLD: nothing reaps the VM's processes behind
     // the back of the code that waits for them.
     for pid in ctrd.shim_pids() {
@@ -257,9 +206,9 @@ fn detached_task_exec_ps_pause_resume_metrics_kill_delete() {
     assert!(ps.lines().count() >= 2, "{ps}");
 
     ctrd.ctr_ok(&["task", "pause", id]);
-    wait_status(&ctrd, id, "PAUSED");
+    ctrd.wait_status(id, "PAUSED");
     ctrd.ctr_ok(&["task", "resume", id]);
-    wait_status(&ctrd, id, "RUNNING");
+    ctrd.wait_status(id, "RUNNING");
 
     // cgroup v2 metrics from the guest: sh and sleep, memory and CPU used.
     let metrics = ctrd.ctr_ok(&["task", "metrics", id]);
@@ -277,10 +226,10 @@ fn detached_task_exec_ps_pause_resume_metrics_kill_delete() {
     assert!(metric("cpu.usage_usec") > 0, "{metrics}");
 
     ctrd.ctr_ok(&["task", "kill", "-s", "SIGTERM", id]);
-    wait_status(&ctrd, id, "STOPPED");
+    ctrd.wait_status(id, "STOPPED");
     ctrd.ctr_ok(&["task", "delete", id]);
     ctrd.ctr_ok(&["containers", "rm", id]);
-    assert_sandbox_gone(&ctrd, id);
+    ctrd.assert_sandbox_gone(id);
 }
 
 /// The VM's size from containerd's runtime options (`--runtime-config-path`,
@@ -338,8 +287,8 @@ fn runtime_options_and_annotations_size_the_vm() {
         "{}",
         text(&bad.stderr)
     );
-    assert_sandbox_gone(&ctrd, "fd-sized");
-    assert_sandbox_gone(&ctrd, "fd-badsize");
+    ctrd.assert_sandbox_gone("fd-sized");
+    ctrd.assert_sandbox_gone("fd-badsize");
 }
 
 #[test]
@@ -360,10 +309,10 @@ fn two_containers_of_a_pod_share_one_vm() {
             "sleep",
             "1000",
         ]);
-        wait_status(&ctrd, id, "RUNNING");
+        ctrd.wait_status(id, "RUNNING");
     }
     assert_eq!(ctrd.shim_pids().len(), 1, "one shim per pod");
-    let vm_processes = processes_mentioning(&state_dir(pod));
+    let vm_processes = processes_mentioning(&Containerd::state_dir(pod));
     let vmms = vm_processes
         .iter()
         .filter(|(_, c)| c.contains("qemu-system"))
@@ -383,11 +332,11 @@ fn two_containers_of_a_pod_share_one_vm() {
     assert_eq!(ps.matches("sleep 1000").count(), 1, "{ps}");
     for id in ["fd-pod-app", pod] {
         ctrd.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
-        wait_status(&ctrd, id, "STOPPED");
+        ctrd.wait_status(id, "STOPPED");
         ctrd.ctr_ok(&["task", "delete", id]);
         ctrd.ctr_ok(&["containers", "rm", id]);
     }
-    assert_sandbox_gone(&ctrd, pod);
+    ctrd.assert_sandbox_gone(pod);
 }
 
 #[test]
@@ -400,7 +349,7 @@ fn command_missing_from_the_image_fails_cleanly() {
         "{}",
         text(&out.stderr)
     );
-    assert_sandbox_gone(&ctrd, "fd-nocmd");
+    ctrd.assert_sandbox_gone("fd-nocmd");
 }
 
 #[test]
@@ -432,7 +381,7 @@ fn bad_config_json_fails_naming_the_problem() {
         "{}",
         text(&out.stderr)
     );
-    assert_sandbox_gone(&ctrd, "fd-badspec");
+    ctrd.assert_sandbox_gone("fd-badspec");
 }
 
 #[test]
@@ -445,7 +394,7 @@ fn missing_kernel_fails_naming_the_path() {
         "{}",
         text(&out.stderr)
     );
-    assert_sandbox_gone(&ctrd, "fd-nokernel");
+    ctrd.assert_sandbox_gone("fd-nokernel");
 }
 
 #[test]
@@ -460,7 +409,7 @@ fn guest_that_never_answers_times_out() {
         "{}",
         text(&out.stderr)
     );
-    assert_sandbox_gone(&ctrd, "fd-timeout");
+    ctrd.assert_sandbox_gone("fd-timeout");
 }
 
 #[test]
@@ -482,8 +431,8 @@ fn vmm_killed_with_sigkill_ends_the_task_and_cleans_up() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    wait_status(&ctrd, id, "RUNNING");
-    let pids = fs::read_to_string(state_dir(id).join("vm.pids")).unwrap();
+    ctrd.wait_status(id, "RUNNING");
+    let pids = fs::read_to_string(Containerd::state_dir(id).join("vm.pids")).unwrap();
     let vmm: i32 = pids.lines().next().unwrap().parse().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(vmm),
@@ -498,5 +447,5 @@ fn vmm_killed_with_sigkill_ends_the_task_and_cleans_up() {
         "exit status reported for the task"
     );
     ctrd.ctr_ok(&["containers", "rm", id]);
-    assert_sandbox_gone(&ctrd, id);
+    ctrd.assert_sandbox_gone(id);
 }

@@ -288,21 +288,7 @@ fn ctr_run_with_the_auto_backend_inside_l1() {
         "sleep",
         "1000",
     ]);
-    let task_status = |want: &str| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        loop {
-            let tasks = ctrd.ctr_ok(&["task", "ls"]);
-            if tasks.lines().any(|l| l.starts_with(id) && l.contains(want)) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{id} never {want}:\n{tasks}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-    };
-    task_status("RUNNING");
+    ctrd.wait_status(id, "RUNNING");
     let out = ctrd.ctr_ok(&["task", "exec", "--exec-id", "e1", id, "echo", "from exec"]);
     assert_eq!(out, "from exec\n");
     let metrics = ctrd.ctr_ok(&["task", "metrics", id]);
@@ -312,7 +298,7 @@ fn ctr_run_with_the_auto_backend_inside_l1() {
             .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["pids.current", "1"]),
         "{metrics}"
     );
-    let state_dir = std::path::Path::new("/run/firedoor/default").join(id);
+    let state_dir = Containerd::state_dir(id);
     let pids = std::fs::read_to_string(state_dir.join("vm.pids")).unwrap();
     let vmm: i32 = pids.lines().next().unwrap().parse().unwrap();
     nix::sys::signal::kill(
@@ -320,18 +306,10 @@ fn ctr_run_with_the_auto_backend_inside_l1() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    task_status("STOPPED");
+    ctrd.wait_status(id, "STOPPED");
     ctrd.ctr_ok(&["task", "delete", id]);
     ctrd.ctr_ok(&["containers", "rm", id]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while (state_dir.exists() || !ctrd.shim_pids().is_empty())
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(!state_dir.exists(), "{} left behind", state_dir.display());
-    assert_eq!(ctrd.shim_pids(), Vec::<u32>::new(), "shim left behind");
-    assert_eq!(firedoor_tests::processes_mentioning(&state_dir), vec![]);
+    ctrd.assert_sandbox_gone(id);
 }
 
 #[test]

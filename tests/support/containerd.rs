@@ -184,6 +184,54 @@ state = "{root}/state"
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// The shim's state dir (shared dir, VM run dir) of sandbox `id` in
+    /// namespace "default".
+    pub fn state_dir(id: &str) -> PathBuf {
+        Path::new("/run/firedoor/default").join(id)
+    }
+
+    /// Waits (up to 120 s) until `ctr task ls` shows task `id` as `want`.
+    pub fn wait_status(&self, id: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let tasks = self.ctr_ok(&["task", "ls"]);
+            if tasks.lines().any(|l| l.starts_with(id) && l.contains(want)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never became {want}:\n{tasks}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Nothing of sandbox `id` is left: no process naming its state dir, no
+    /// state dir, no shim, no container.
+    pub fn assert_sandbox_gone(&self, id: &str) {
+        let dir = Self::state_dir(id);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while (!processes_mentioning(&dir).is_empty()
+            || dir.exists()
+            || !self.shim_pids().is_empty())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            processes_mentioning(&dir),
+            vec![],
+            "VM processes left behind"
+        );
+        assert!(!dir.exists(), "{} left behind", dir.display());
+        assert_eq!(self.shim_pids(), Vec::<u32>::new(), "shim left behind");
+        let containers = self.ctr_ok(&["containers", "ls", "-q"]);
+        assert!(
+            !containers.contains(id),
+            "container {id} left: {containers}"
+        );
+    }
+
     /// Shim processes serving this containerd (their command line names
     /// its socket).
     pub fn shim_pids(&self) -> Vec<u32> {
