@@ -15,9 +15,66 @@ use crate::{bin_dir, image, processes_mentioning};
 
 pub const RUNTIME: &str = "io.containerd.firedoor.v2";
 
+/// Which containerd build a test runs against: Debian 12's 1.6 (the
+/// system's, in `/usr/bin`), or 1.7 / 2.1 unpacked by
+/// `scripts/containerd-builds` into `target/containerd/<version>/usr/bin`.
+/// Chosen by `FIREDOOR_CONTAINERD` (`1.6`, the default, `1.7` or `2.1`), so
+/// the same test binary runs against each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Build {
+    /// `major.minor`.
+    pub version: String,
+    /// Directory holding `containerd`, `ctr` and `containerd-shim-runc-v2`.
+    pub bin: PathBuf,
+}
+
+impl Build {
+    pub const ENV: &'static str = "FIREDOOR_CONTAINERD";
+
+    /// The build `FIREDOOR_CONTAINERD` names (1.6 when unset).
+    pub fn from_env() -> Build {
+        Build::named(&std::env::var(Self::ENV).unwrap_or_else(|_| "1.6".into()))
+    }
+
+    pub fn named(version: &str) -> Build {
+        let bin = match version {
+            "1.6" => PathBuf::from("/usr/bin"),
+            "1.7" | "2.1" => crate::workspace_root()
+                .join("target/containerd")
+                .join(version)
+                .join("usr/bin"),
+            other => panic!("{}={other:?}: use 1.6, 1.7 or 2.1", Self::ENV),
+        };
+        assert!(
+            bin.join("containerd").is_file(),
+            "containerd {version} is missing from {}: run scripts/setup (1.6: apt-get install \
+             containerd; 1.7, 2.1: scripts/containerd-builds)",
+            bin.display()
+        );
+        Build {
+            version: version.into(),
+            bin,
+        }
+    }
+
+    /// containerd 2.x: config version 3, the CRI plugin split in two.
+    pub fn is_v2(&self) -> bool {
+        self.version.starts_with("2.")
+    }
+
+    pub fn containerd(&self) -> PathBuf {
+        self.bin.join("containerd")
+    }
+
+    pub fn ctr(&self) -> PathBuf {
+        self.bin.join("ctr")
+    }
+}
+
 pub struct Containerd {
     dir: tempfile::TempDir,
     daemon: Option<ManagedChild>,
+    build: Build,
 }
 
 impl Containerd {
@@ -40,10 +97,7 @@ impl Containerd {
     }
 
     fn launch(firedoor_config: &str, cri: bool) -> Containerd {
-        assert!(
-            Path::new("/usr/bin/containerd").is_file(),
-            "containerd is missing: apt-get install containerd (scripts/setup does)"
-        );
+        let build = Build::from_env();
         let shim = bin_dir().join("containerd-shim-firedoor-v2");
         assert!(
             shim.is_file(),
@@ -56,63 +110,17 @@ impl Containerd {
             .tempdir_in("/tmp")
             .unwrap();
         let root = dir.path();
-        let plugins = if cri {
-            format!(
-                r#"[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.firedoor]
-    runtime_type = "{RUNTIME}"
-    pod_annotations = ["io.firedoor.vm.*"]
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{root}/cni/bin"
-    conf_dir = "{root}/cni/conf"
-"#,
-                pause = image::PAUSE_IMAGE,
-                root = root.display()
-            )
-        } else {
-            r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]
-"#
-            .to_string()
-        };
-        let config = format!(
-            r#"version = 2
-root = "{root}/root"
-state = "{root}/state"
-{plugins}[grpc]
-  address = "{root}/c.sock"
-[ttrpc]
-  address = "{root}/c.sock.ttrpc"
-[debug]
-  level = "debug"
-"#,
-            root = root.display()
-        );
-        fs::write(root.join("config.toml"), config).unwrap();
+        fs::write(root.join("config.toml"), config_toml(&build, root, cri)).unwrap();
         fs::write(root.join("firedoor.toml"), firedoor_config).unwrap();
-        let path = format!(
-            "{}:{}",
-            bin_dir().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let daemon = ManagedChild::spawn(
-            "containerd",
-            Command::new("/usr/bin/containerd")
-                .arg("--config")
-                .arg(root.join("config.toml"))
-                .env("PATH", path)
-                .env("FIREDOOR_CONFIG", root.join("firedoor.toml")),
-            Some(&root.join("containerd.log")),
-        )
-        .unwrap();
+        if cri {
+            install_cni(root);
+        }
         let mut containerd = Containerd {
             dir,
-            daemon: Some(daemon),
+            daemon: None,
+            build,
         };
+        containerd.daemon = Some(containerd.spawn_daemon());
         containerd.wait_ready();
         let image = image::busybox_image_tar(containerd.dir.path());
         if cri {
@@ -124,6 +132,41 @@ state = "{root}/state"
             containerd.ctr_ok(&["images", "import", image.to_str().unwrap()]);
         }
         containerd
+    }
+
+    /// containerd on this test's config, with our shim and then this
+    /// build's own shims (runc's) first on its PATH.
+    fn spawn_daemon(&self) -> ManagedChild {
+        let root = self.dir.path();
+        let path = format!(
+            "{}:{}:{}",
+            bin_dir().display(),
+            self.build.bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        ManagedChild::spawn(
+            "containerd",
+            Command::new(self.build.containerd())
+                .arg("--config")
+                .arg(root.join("config.toml"))
+                .env("PATH", path)
+                .env("FIREDOOR_CONFIG", root.join("firedoor.toml")),
+            Some(&root.join("containerd.log")),
+        )
+        .unwrap()
+    }
+
+    /// Stops containerd (SIGTERM, as a service manager does) and starts it
+    /// again on the same root and state; running shims stay and containerd
+    /// must reconnect to them.
+    pub fn restart(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            daemon.terminate(Duration::from_secs(10)).unwrap();
+        }
+        let log = self.dir.path().join("containerd.log");
+        let _ = fs::rename(&log, self.dir.path().join("containerd.log.0"));
+        self.daemon = Some(self.spawn_daemon());
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
@@ -144,8 +187,18 @@ state = "{root}/state"
         }
     }
 
+    /// The containerd build this daemon is.
+    pub fn build(&self) -> &Build {
+        &self.build
+    }
+
     pub fn address(&self) -> PathBuf {
         self.dir.path().join("c.sock")
+    }
+
+    /// Where this containerd's CRI plugin reads CNI network configs.
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.path().join("cni/conf")
     }
 
     /// This containerd's private directory (config, sockets, state).
@@ -159,7 +212,7 @@ state = "{root}/state"
     }
 
     pub fn ctr_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("/usr/bin/ctr");
+        let mut cmd = Command::new(self.build.ctr());
         cmd.arg("--address").arg(self.address()).args(args);
         cmd
     }
@@ -241,6 +294,105 @@ state = "{root}/state"
             .map(|(pid, _)| pid)
             .collect()
     }
+}
+
+/// Debian's CNI plugins (`containernetworking-plugins`).
+pub const CNI_PLUGIN_DIR: &str = "/usr/lib/cni";
+
+/// The CNI network of a CRI test's pods: loopback only, so a pod that is
+/// not on the host network gets a network namespace of its own and nothing
+/// on the host changes. Tests that need more write their own conflist into
+/// [`Containerd::cni_conf_dir`] (containerd picks the first by name).
+const LOOPBACK_CONFLIST: &str = r#"{
+  "cniVersion": "1.0.0",
+  "name": "firedoor-test-lo",
+  "plugins": [{"type": "loopback"}]
+}
+"#;
+
+/// The test's own CNI directories: the plugins linked from Debian's, and the
+/// loopback network.
+fn install_cni(root: &Path) {
+    let bin = root.join("cni/bin");
+    let conf = root.join("cni/conf");
+    fs::create_dir_all(&bin).unwrap();
+    fs::create_dir_all(&conf).unwrap();
+    let plugins = fs::read_dir(CNI_PLUGIN_DIR).unwrap_or_else(|e| {
+        panic!("{CNI_PLUGIN_DIR}: {e}: apt-get install containernetworking-plugins (scripts/setup does)")
+    });
+    for plugin in plugins.flatten() {
+        std::os::unix::fs::symlink(plugin.path(), bin.join(plugin.file_name())).unwrap();
+    }
+    fs::write(conf.join("90-loopback.conflist"), LOOPBACK_CONFLIST).unwrap();
+}
+
+/// containerd's config: private root, state and sockets under `root`;
+/// with `cri`, the CRI plugin with runtime handlers `runc` and `firedoor`,
+/// the local pause image and a CNI directory of the test's own. containerd
+/// 2.x reads config version 3, where the CRI plugin is split into
+/// `io.containerd.cri.v1.runtime` and `io.containerd.cri.v1.images` (the
+/// README's CRI snippet shows both).
+fn config_toml(build: &Build, root: &Path, cri: bool) -> String {
+    let root = root.display();
+    let pause = image::PAUSE_IMAGE;
+    let firedoor_runtime = format!(
+        r#"runtime_type = "{RUNTIME}"
+    pod_annotations = ["io.firedoor.vm.*"]"#
+    );
+    let (version, plugins) = match (build.is_v2(), cri) {
+        (false, false) => (2, r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#.to_string()),
+        (true, false) => (
+            3,
+            r#"disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images"]"#
+                .to_string(),
+        ),
+        (false, true) => (
+            2,
+            format!(
+                r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.firedoor]
+    {firedoor_runtime}
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{root}/cni/bin"
+    conf_dir = "{root}/cni/conf""#
+            ),
+        ),
+        (true, true) => (
+            3,
+            format!(
+                r#"[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = "{pause}"
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.firedoor]
+  {firedoor_runtime}
+[plugins."io.containerd.cri.v1.runtime".cni]
+  bin_dirs = ["{root}/cni/bin"]
+  conf_dir = "{root}/cni/conf"
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0""#
+            ),
+        ),
+    };
+    format!(
+        r#"version = {version}
+root = "{root}/root"
+state = "{root}/state"
+{plugins}
+[grpc]
+  address = "{root}/c.sock"
+[ttrpc]
+  address = "{root}/c.sock.ttrpc"
+[debug]
+  level = "debug"
+"#
+    )
 }
 
 impl Drop for Containerd {
