@@ -1,6 +1,7 @@
-//! Firedoor through real containerd and `ctr`, as a user runs it: Debian's
-//! containerd 1.6 on a private socket, the busybox image built locally, the
-//! qemu backend (TCG on this host).
+//! Firedoor through real containerd and `ctr`, as a user runs it: a private
+//! containerd (Debian 12's 1.6 by default; `FIREDOOR_CONTAINERD=1.7|2.1`
+//! for the builds of scripts/containerd-builds) on its own socket, the
+//! busybox image built locally, the qemu backend (TCG on this host).
 
 use std::{fs, io::Write, process::Stdio};
 
@@ -139,7 +140,8 @@ fn tty_gives_a_terminal_of_the_callers_size() {
     let ctrd = Containerd::start();
     // `ctr run -t` needs a terminal: give it one with script(1).
     let ctr = format!(
-        "stty rows 33 cols 101; /usr/bin/ctr --address {} run -t --runtime {RUNTIME} --rm {BUSYBOX_IMAGE} fd-tty sh -c 'stty size; tty'",
+        "stty rows 33 cols 101; {} --address {} run -t --runtime {RUNTIME} --rm {BUSYBOX_IMAGE} fd-tty sh -c 'stty size; tty'",
+        ctrd.build().ctr().display(),
         ctrd.address().display()
     );
     let out = std::process::Command::new("script")
@@ -227,6 +229,67 @@ fn detached_task_exec_ps_pause_resume_metrics_kill_delete() {
 
     ctrd.ctr_ok(&["task", "kill", "-s", "SIGTERM", id]);
     ctrd.wait_status(id, "STOPPED");
+    ctrd.ctr_ok(&["task", "delete", id]);
+    ctrd.ctr_ok(&["containers", "rm", id]);
+    ctrd.assert_sandbox_gone(id);
+}
+
+/// containerd restarted while a task runs (a node's containerd upgrade or
+/// crash): it reconnects to the running shim from what the shim left in the
+/// bundle, and the task stays manageable: exec, kill, delete.
+#[test]
+fn containerd_restart_keeps_the_task_manageable() {
+    let mut ctrd = Containerd::start();
+    let id = "fd-restart";
+    ctrd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX_IMAGE,
+        id,
+        "sh",
+        "-c",
+        "trap 'exit 7' TERM; sleep 1000 & wait",
+    ]);
+    ctrd.wait_status(id, "RUNNING");
+    let shims = ctrd.shim_pids();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+
+    ctrd.restart();
+    ctrd.wait_status(id, "RUNNING");
+    assert_eq!(ctrd.shim_pids(), shims, "the same shim serves the task");
+    let out = ctrd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "after",
+        id,
+        "echo",
+        "still here",
+    ]);
+    assert_eq!(out, "still here\n");
+    // The exit reaches the new containerd as an event with its status.
+    let mut events = ctrd
+        .ctr_command(&["events"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    ctrd.ctr_ok(&["task", "kill", "-s", "SIGTERM", id]);
+    ctrd.wait_status(id, "STOPPED");
+    events.kill().unwrap();
+    let seen = text(&events.wait_with_output().unwrap().stdout);
+    let exit = seen
+        .lines()
+        .find(|l| l.contains("/tasks/exit"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no TaskExit event after the restart:\n{seen}\n{}",
+                ctrd.log_tail(40)
+            )
+        });
+    assert!(exit.contains("\"exit_status\":7"), "{exit}");
     ctrd.ctr_ok(&["task", "delete", id]);
     ctrd.ctr_ok(&["containers", "rm", id]);
     ctrd.assert_sandbox_gone(id);

@@ -9,38 +9,102 @@ use containerd_shim::{
     },
     publisher::RemotePublisher,
 };
-use log::{debug, warn};
+use std::{
+    sync::{Mutex, MutexGuard},
+    thread,
+    time::{Duration, Instant},
+};
+
+use log::{debug, info, warn};
 
 use super::process::ExitInfo;
 
+/// containerd's event socket, as it tells every shim.
+const TTRPC_ADDRESS_ENV: &str = "TTRPC_ADDRESS";
+/// How long one event is retried while containerd is away (a restart):
+/// its connection is re-dialled with a growing pause.
+const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(30);
+const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(1);
+
 pub struct Events {
-    publisher: RemotePublisher,
+    /// `None` after a failure, until the next successful dial.
+    publisher: Mutex<Option<RemotePublisher>>,
+    /// Where to re-dial when containerd restarted under us.
+    address: Option<String>,
     namespace: String,
 }
 
 impl Events {
     pub fn new(publisher: RemotePublisher, namespace: String) -> Self {
         Events {
-            publisher,
+            publisher: Mutex::new(Some(publisher)),
+            address: std::env::var(TTRPC_ADDRESS_ENV).ok(),
             namespace,
         }
     }
 
-    fn publish(&self, event: Box<dyn Event>) {
+    fn lock(&self) -> MutexGuard<'_, Option<RemotePublisher>> {
+        self.publisher.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes `event`, in order with the others (one at a time, under
+    /// the lock). A connection broken by a containerd restart is re-dialled
+    /// and the event sent again, for up to [`PUBLISH_RETRY_FOR`]: an exit
+    /// event must not be lost because containerd was away for a moment.
+    fn publish<E: Event + Clone>(&self, event: E) {
         let topic = event.topic();
         debug!("publishing {topic}");
-        if let Err(e) = self.publisher.publish(
-            ttrpc::context::Context::default(),
-            &topic,
-            &self.namespace,
-            event,
-        ) {
-            warn!("publishing {topic}: {e}");
+        let mut publisher = self.lock();
+        let deadline = Instant::now() + PUBLISH_RETRY_FOR;
+        let mut pause = Duration::from_millis(50);
+        let mut failures = 0;
+        loop {
+            if publisher.is_none() {
+                *publisher = self.redial();
+            }
+            let result = match publisher.as_ref() {
+                Some(client) => client
+                    .publish(
+                        ttrpc::context::Context::default(),
+                        &topic,
+                        &self.namespace,
+                        Box::new(event.clone()),
+                    )
+                    .map_err(|e| e.to_string()),
+                None => Err("containerd's event socket is not accepting connections".into()),
+            };
+            match result {
+                Ok(()) if failures > 0 => {
+                    info!("published {topic} after reconnecting to containerd");
+                    return;
+                }
+                Ok(()) => return,
+                Err(e) if Instant::now() + pause >= deadline || self.address.is_none() => {
+                    warn!("publishing {topic}: {e}; giving up after {failures} retries");
+                    return;
+                }
+                Err(e) => {
+                    if failures == 0 {
+                        warn!("publishing {topic}: {e}; reconnecting to containerd");
+                    }
+                    failures += 1;
+                    *publisher = None;
+                    thread::sleep(pause);
+                    pause = (pause * 2).min(RECONNECT_PAUSE_MAX);
+                }
+            }
         }
     }
 
+    fn redial(&self) -> Option<RemotePublisher> {
+        let address = self.address.as_deref()?;
+        RemotePublisher::new(address)
+            .map_err(|e| debug!("dialling {address}: {e}"))
+            .ok()
+    }
+
     pub fn create(&self, id: &str, bundle: &str, terminal: bool, stdio: [&str; 3], pid: u32) {
-        self.publish(Box::new(TaskCreate {
+        self.publish(TaskCreate {
             container_id: id.into(),
             bundle: bundle.into(),
             io: Some(TaskIO {
@@ -53,75 +117,75 @@ impl Events {
             .into(),
             pid,
             ..Default::default()
-        }));
+        });
     }
 
     pub fn start(&self, id: &str, pid: u32) {
-        self.publish(Box::new(TaskStart {
+        self.publish(TaskStart {
             container_id: id.into(),
             pid,
             ..Default::default()
-        }));
+        });
     }
 
     pub fn exec_added(&self, id: &str, exec_id: &str) {
-        self.publish(Box::new(TaskExecAdded {
+        self.publish(TaskExecAdded {
             container_id: id.into(),
             exec_id: exec_id.into(),
             ..Default::default()
-        }));
+        });
     }
 
     pub fn exec_started(&self, id: &str, exec_id: &str, pid: u32) {
-        self.publish(Box::new(TaskExecStarted {
+        self.publish(TaskExecStarted {
             container_id: id.into(),
             exec_id: exec_id.into(),
             pid,
             ..Default::default()
-        }));
+        });
     }
 
     pub fn oom(&self, id: &str) {
-        self.publish(Box::new(TaskOOM {
+        self.publish(TaskOOM {
             container_id: id.into(),
             ..Default::default()
-        }));
+        });
     }
 
     /// `exec_id` empty for the init process (containerd then uses the
     /// container id as the process id).
     pub fn exit(&self, id: &str, exec_id: &str, pid: u32, exit: &ExitInfo) {
-        self.publish(Box::new(TaskExit {
+        self.publish(TaskExit {
             container_id: id.into(),
             id: if exec_id.is_empty() { id } else { exec_id }.into(),
             pid,
             exit_status: exit.status,
             exited_at: Some(exit.timestamp()).into(),
             ..Default::default()
-        }));
+        });
     }
 
     pub fn delete(&self, id: &str, pid: u32, exit: &ExitInfo) {
-        self.publish(Box::new(TaskDelete {
+        self.publish(TaskDelete {
             container_id: id.into(),
             pid,
             exit_status: exit.status,
             exited_at: Some(exit.timestamp()).into(),
             ..Default::default()
-        }));
+        });
     }
 
     pub fn paused(&self, id: &str) {
-        self.publish(Box::new(TaskPaused {
+        self.publish(TaskPaused {
             container_id: id.into(),
             ..Default::default()
-        }));
+        });
     }
 
     pub fn resumed(&self, id: &str) {
-        self.publish(Box::new(TaskResumed {
+        self.publish(TaskResumed {
             container_id: id.into(),
             ..Default::default()
-        }));
+        });
     }
 }
