@@ -295,6 +295,96 @@ fn containerd_restart_keeps_the_task_manageable() {
     ctrd.assert_sandbox_gone(id);
 }
 
+/// OCI hooks that belong to the host run on the host, in order, with the
+/// container's state on stdin; the state's pid is a host process in the
+/// container's own network namespace (not the host's).
+#[test]
+fn host_hooks_run_with_the_state_and_a_pid_in_the_containers_netns() {
+    let ctrd = Containerd::start();
+    let id = "fd-hooks";
+    let out_dir = ctrd.dir().join("hooks");
+    fs::create_dir(&out_dir).unwrap();
+    let hook = |phase: &str| {
+        let script = format!(
+            "state=$(cat); echo \"$state\" > {dir}/{phase}.json; \
+             pid=$(echo \"$state\" | sed -n 's/.*\"pid\":\\([0-9]*\\).*/\\1/p'); \
+             readlink /proc/$pid/ns/net > {dir}/{phase}.netns; ls {dir} > {dir}/{phase}.before",
+            dir = out_dir.display()
+        );
+        serde_json::json!({
+            "path": "/bin/sh",
+            "args": ["sh", "-c", script],
+            "env": ["PATH=/usr/bin:/bin"],
+            "timeout": 20
+        })
+    };
+    let spec_text = ctrd.ctr_ok(&["oci", "spec"]);
+    let mut spec: serde_json::Value = serde_json::from_str(&spec_text).unwrap();
+    spec["process"]["args"] = serde_json::json!(["echo", "hooked"]);
+    spec["process"]["env"] = serde_json::json!(["PATH=/bin"]);
+    // With a whole spec, ctr takes no image: a busybox root of our own.
+    let rootfs = ctrd.dir().join("hooks-rootfs");
+    for dir in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        fs::create_dir_all(rootfs.join(dir)).unwrap();
+    }
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    spec["root"] = serde_json::json!({"path": rootfs, "readonly": false});
+    spec["hooks"] = serde_json::json!({
+        "createRuntime": [hook("create")],
+        "poststart": [hook("poststart")],
+        "poststop": [hook("poststop")],
+    });
+    let spec_file = ctrd.dir().join("hooks-spec.json");
+    fs::write(&spec_file, spec.to_string()).unwrap();
+
+    let out = ctrd
+        .ctr_command(&[
+            "run",
+            "--runtime",
+            RUNTIME,
+            "--rm",
+            "--config",
+            spec_file.to_str().unwrap(),
+            id,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        ctrd.log_tail(30)
+    );
+    assert_eq!(text(&out.stdout), "hooked\n");
+    let read = |name: &str| fs::read_to_string(out_dir.join(name)).unwrap_or_default();
+    for (phase, status) in [
+        ("create", "created"),
+        ("poststart", "running"),
+        ("poststop", "stopped"),
+    ] {
+        let state: serde_json::Value = serde_json::from_str(&read(&format!("{phase}.json")))
+            .unwrap_or_else(|e| panic!("{phase} hook state: {e}\n{}", ctrd.log_tail(30)));
+        assert_eq!(state["id"], id, "{state}");
+        assert_eq!(state["status"], status, "{state}");
+        assert!(state["bundle"].as_str().unwrap().ends_with(id), "{state}");
+    }
+    // In order: each hook saw the files of the ones before it.
+    assert!(!read("create.before").contains("poststart"));
+    assert!(read("poststart.before").contains("create.json"));
+    assert!(read("poststop.before").contains("poststart.json"));
+    // The pid was a live host process in a network namespace of its own.
+    let netns = read("create.netns");
+    assert!(netns.starts_with("net:["), "{netns:?}");
+    assert_eq!(read("poststop.netns"), netns);
+    let host = fs::read_link("/proc/self/ns/net").unwrap();
+    assert_ne!(netns.trim(), host.to_string_lossy());
+    ctrd.assert_sandbox_gone(id);
+}
+
 /// The VM's size from containerd's runtime options (`--runtime-config-path`,
 /// as CRI's `ConfigPath`) and from the pod's annotations.
 #[test]

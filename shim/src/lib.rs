@@ -5,6 +5,7 @@
 pub mod assets;
 pub mod backends;
 pub mod config;
+pub mod hooks;
 pub mod mount;
 pub mod sandbox;
 pub mod shimv2;

@@ -2,5 +2,9 @@
 //! `io.containerd.firedoor.v2`.
 
 fn main() {
+    // The same binary parks in a network namespace for OCI hooks.
+    if std::env::args().nth(1).as_deref() == Some(firedoor_shim::hooks::ANCHOR_ARG) {
+        firedoor_shim::hooks::anchor_main();
+    }
     firedoor_shim::shimv2::run();
 }

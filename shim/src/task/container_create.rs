@@ -17,6 +17,7 @@ use super::{
     status, Container, Process, Shared,
 };
 use crate::{
+    hooks::ContainerHooks,
     mount,
     sandbox::{ctx, Sandbox, RPC_TIMEOUT},
     spec,
@@ -86,6 +87,9 @@ pub(super) fn create(
         mount::bind(&source, &host_dir.join(&name), false).map_err(internal)?;
         guest_sources.push((m.index, format!("{guest_dir}/{name}")));
     }
+    // Host-side OCI hooks (the guest gets the spec without them).
+    let hooks = ContainerHooks::prepare(&oci, id, &bundle)
+        .map_err(|e| status(Code::INTERNAL, format!("{e}")))?;
     let guest_rootfs = format!("{guest_dir}/rootfs");
     let guest_spec = spec::for_guest(oci, &guest_rootfs, &guest_sources).map_err(internal)?;
     let spec_json = serde_json::to_vec(&guest_spec).map_err(|e| internal(e.into()))?;
@@ -109,6 +113,12 @@ pub(super) fn create(
         sandbox.connect_stdio()
     })
     .map_err(|e| internal(e.context("attaching the container's stdio")))?;
+    if let Some(hooks) = &hooks {
+        // OCI: a failing prestart/createRuntime hook fails the create.
+        hooks
+            .created()
+            .map_err(|e| status(Code::FAILED_PRECONDITION, e))?;
+    }
     let init = Arc::new(Process::new(id, "", stdio.clone(), None));
     init.set_pid(reply.pid);
     *init.io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io);
@@ -122,6 +132,7 @@ pub(super) fn create(
             execs: Default::default(),
             paused: false,
             oom_reported: Arc::new(AtomicBool::new(false)),
+            hooks: hooks.map(Arc::new),
         },
     );
     undo.disarm();

@@ -75,6 +75,10 @@ pub(super) fn delete(
     if container.rootfs_mounted {
         mount::unmount_all_under(&container.bundle.join("rootfs"));
     }
+    if let Some(hooks) = &container.hooks {
+        hooks.stopped();
+    }
+    drop(container);
     info!("deleted container {id}");
     shared.events.delete(id, response.pid, &exit);
     if shared.containers().is_empty() {

@@ -45,6 +45,8 @@ pub(crate) struct Container {
     pub paused: bool,
     /// Set once TaskOOM went out for this container.
     pub oom_reported: Arc<AtomicBool>,
+    /// Its OCI hooks that run on the host, if it has any.
+    pub hooks: Option<Arc<crate::hooks::ContainerHooks>>,
 }
 
 /// State shared by every request of one shim.

@@ -38,6 +38,10 @@ pub(super) fn start(
         process.set_running();
         info!("started container {id}");
         shared.events.start(id, process.pid());
+        let hooks = shared.containers().get(id).and_then(|c| c.hooks.clone());
+        if let Some(hooks) = hooks {
+            hooks.started();
+        }
     } else {
         let request = ExecProcessRequest {
             container_id: id.into(),
