@@ -602,3 +602,20 @@ fn vmm_killed_with_sigkill_ends_the_task_and_cleans_up() {
     ctrd.ctr_ok(&["containers", "rm", id]);
     ctrd.assert_sandbox_gone(id);
 }
+
+/// The sandbox VM ends by the guest's own reset once the container is
+/// deleted: the shim never has to kill it (it used to, 5 s after Shutdown,
+/// on every sandbox).
+#[test]
+fn run_rm_vm_powers_off_by_itself() {
+    let ctrd = Containerd::start();
+    let out = run_rm(&ctrd, "fd-poweroff", &["true"]);
+    let log = ctrd.log_tail(400);
+    assert!(out.status.success(), "{}\n{log}", text(&out.stderr));
+    ctrd.assert_sandbox_gone("fd-poweroff");
+    assert!(!log.contains("killing it"), "the VM was killed:\n{log}");
+    assert!(
+        log.contains("sandbox VM stopped (exit status: 0)"),
+        "no clean power-off in the log:\n{log}"
+    );
+}

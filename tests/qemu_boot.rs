@@ -201,3 +201,49 @@ fn boots_with_a_shared_directory_and_stops_virtiofsd() {
     assert!(status.success() && !killed, "{status}");
     assert_nothing_left(run_base.path());
 }
+
+/// What the shim does: the share is mounted (CreateSandbox) and a
+/// GetOOMEvent long poll is waiting in the agent when Shutdown comes. The
+/// guest must end by its own reset, without the SIGKILL after the grace
+/// period, and the long poll must end with an answer.
+#[test]
+fn powers_off_by_itself_with_the_share_and_an_oom_poll() {
+    use firedoor_hypervisor::SHARED_FS_TAG;
+    use firedoor_protocol::agent::{CreateSandboxRequest, GetOOMEventRequest};
+    use firedoor_shim::sandbox::ctx;
+
+    let run_base = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let mut spec = guest_spec(run_base.path());
+    spec.shared_dir = Some(shared.path().to_owned());
+    let sandbox = Sandbox::boot(&QemuBackend::detect().unwrap(), &spec).unwrap();
+    let req = CreateSandboxRequest {
+        sandbox_id: "pod".into(),
+        shared_fs_tag: SHARED_FS_TAG.into(),
+        ..Default::default()
+    };
+    sandbox
+        .agent()
+        .create_sandbox(ctx(Duration::from_secs(60)), &req)
+        .unwrap();
+    let agent = sandbox.agent().clone();
+    let poll = std::thread::spawn(move || {
+        // The shim's poll has no deadline; this one only bounds the test.
+        agent.get_oom_event(
+            ctx(Duration::from_secs(120)),
+            &GetOOMEventRequest::default(),
+        )
+    });
+    // Let the request reach the agent before Shutdown does.
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, killed) = sandbox.shutdown().unwrap();
+    let console = sandbox.vm().console_tail(20);
+    drop(sandbox);
+    assert!(
+        !killed && status.success(),
+        "{status}, killed: {killed}; console:\n{console}"
+    );
+    let answer = poll.join().unwrap();
+    assert!(answer.is_err(), "an OOM event at shutdown: {answer:?}");
+    assert_nothing_left(run_base.path());
+}

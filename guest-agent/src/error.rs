@@ -15,6 +15,9 @@ pub enum AgentError {
     FailedPrecondition(String),
     #[error("{0}")]
     Internal(String),
+    /// The agent is shutting down.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
@@ -27,6 +30,7 @@ impl AgentError {
             AgentError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
             AgentError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             AgentError::Internal(_) => Code::INTERNAL,
+            AgentError::Unavailable(_) => Code::UNAVAILABLE,
         }
     }
 

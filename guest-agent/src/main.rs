@@ -213,8 +213,11 @@ fn serve(what: Serve) -> Result<ShutdownReason, BoxError> {
     let ready_ms = uptime().as_millis() as u64;
     let mut service = AgentService::new(ready_ms, shutdown_tx);
     let mut runtime = None;
+    let mut oom_events = None;
     if let Some((stdio_addr, options, paths)) = what.containers {
-        let rt = Arc::new(Runtime::new(options, OomEvents::start())?);
+        let oom = OomEvents::start();
+        let rt = Arc::new(Runtime::new(options, oom.clone())?);
+        oom_events = Some(oom);
         let listener = streams::Listener::bind(&stdio_addr)
             .map_err(|e| format!("listening on {stdio_addr}: {e}"))?;
         let attach_rt = rt.clone();
@@ -245,8 +248,40 @@ fn serve(what: Serve) -> Result<ShutdownReason, BoxError> {
     if let Some(runtime) = runtime {
         runtime.remove_all();
     }
-    server.shutdown();
+    // The host's GetOOMEvent long poll would otherwise keep its request,
+    // and with it the server's shutdown, waiting for ever.
+    if let Some(oom) = oom_events {
+        oom.close();
+    }
+    stop_server(server, SERVER_STOP_TIMEOUT);
     Ok(reason)
+}
+
+/// How long the ttrpc server may take to finish the requests in progress
+/// once it stops; the power-off does not wait longer for it.
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Stops the ttrpc server, which waits for every request in progress, but
+/// waits at most `timeout` for it: a request that never ends must not stop
+/// the guest from powering off.
+fn stop_server(server: ttrpc::Server, timeout: Duration) {
+    let (done_tx, done_rx) = mpsc::channel();
+    let spawned = thread::Builder::new()
+        .name("ttrpc-stop".into())
+        .spawn(move || {
+            server.shutdown();
+            let _ = done_tx.send(());
+        });
+    if let Err(e) = spawned {
+        warn!("cannot stop the ttrpc server: {e}; going on without it");
+        return;
+    }
+    if done_rx.recv_timeout(timeout).is_err() {
+        warn!(
+            "the ttrpc server did not stop within {timeout:?} (a request is still running); \
+             going on without it"
+        );
+    }
 }
 
 /// Reads each stream connection's header (bounded in time and size) and

@@ -33,10 +33,17 @@ impl OomCounter {
 }
 
 pub struct OomEvents {
-    queue: Mutex<VecDeque<String>>,
+    queue: Mutex<Queue>,
     ready: Condvar,
     inotify: Option<Inotify>,
     watches: Mutex<HashMap<WatchDescriptor, Arc<OomCounter>>>,
+}
+
+/// Queued container ids; `closed` once the agent shuts down.
+#[derive(Default)]
+struct Queue {
+    ids: VecDeque<String>,
+    closed: bool,
 }
 
 impl OomEvents {
@@ -46,7 +53,7 @@ impl OomEvents {
             .map_err(|e| warn!("inotify: {e}; OOM kills are only seen at exit"))
             .ok();
         let events = Arc::new(OomEvents {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             ready: Condvar::new(),
             inotify,
             watches: Mutex::new(HashMap::new()),
@@ -117,18 +124,53 @@ impl OomEvents {
         if now > *seen {
             *seen = now;
             info!("OOM kill in container {}", counter.id);
-            self.queue.lock().unwrap().push_back(counter.id.clone());
+            self.queue.lock().unwrap().ids.push_back(counter.id.clone());
             self.ready.notify_all();
         }
     }
 
-    /// Waits for the next event.
-    pub fn next(&self) -> String {
-        let queue = self.queue.lock().unwrap();
+    /// Waits for the next event; `None` once [`OomEvents::close`] was
+    /// called and every queued event has been taken.
+    pub fn next(&self) -> Option<String> {
+        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let mut queue = self
             .ready
-            .wait_while(queue, |q| q.is_empty())
+            .wait_while(queue, |q| q.ids.is_empty() && !q.closed)
             .unwrap_or_else(|e| e.into_inner());
-        queue.pop_front().expect("waited for an event")
+        queue.ids.pop_front()
+    }
+
+    /// Ends every wait in [`OomEvents::next`], now and later. The host's
+    /// GetOOMEvent is a long poll that never ends by itself, and the ttrpc
+    /// server's shutdown waits for every request in progress.
+    pub fn close(&self) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.ready.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn close_ends_a_waiting_next_and_every_later_one() {
+        let events = OomEvents::start();
+        let waiter = events.clone();
+        let waiting = thread::spawn(move || waiter.next());
+        thread::sleep(Duration::from_millis(50));
+        events.close();
+        assert_eq!(waiting.join().unwrap(), None);
+        assert_eq!(events.next(), None);
+    }
+
+    #[test]
+    fn events_queued_before_close_are_still_delivered() {
+        let events = OomEvents::start();
+        events.queue.lock().unwrap().ids.push_back("c1".into());
+        events.close();
+        assert_eq!(events.next().as_deref(), Some("c1"));
+        assert_eq!(events.next(), None);
     }
 }

@@ -631,7 +631,8 @@ impl Runtime {
         self.container(id)?.cgroup.pids()
     }
 
-    pub fn next_oom_event(&self) -> String {
+    /// The next OOM-killed container; `None` once the agent shuts down.
+    pub fn next_oom_event(&self) -> Option<String> {
         self.oom.next()
     }
 }

@@ -204,8 +204,11 @@ impl Agent for AgentService {
     }
 
     fn get_oom_event(&self, _ctx: &TtrpcContext, _req: GetOOMEventRequest) -> Reply<OOMEvent> {
+        let container_id = self.runtime()?.next_oom_event().ok_or_else(|| {
+            AgentError::Unavailable("the guest is shutting down: no more OOM events".into())
+        })?;
         Ok(OOMEvent {
-            container_id: self.runtime()?.next_oom_event(),
+            container_id,
             ..Default::default()
         })
     }

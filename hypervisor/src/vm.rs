@@ -202,9 +202,11 @@ impl MicroVm {
             Some(status) => (status, false),
             None => {
                 warn!(
-                    "{} (pid {}) still running {grace:?} after shutdown; killing it",
+                    "{} (pid {}) still running {grace:?} after shutdown; killing it; \
+                     last console lines:\n{}",
                     self.vmm.name(),
-                    self.vmm.pid()
+                    self.vmm.pid(),
+                    self.console_tail(CONSOLE_TAIL_LINES)
                 );
                 (self.vmm.kill().context(|| "killing the VMM".into())?, true)
             }
