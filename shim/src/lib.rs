@@ -2,9 +2,11 @@
 //! the guest image lookup, backend choice, and a sandbox VM driven through
 //! its agent.
 
+pub mod agent;
 pub mod assets;
 pub mod backends;
 pub mod config;
+pub mod error;
 pub mod mount;
 pub mod sandbox;
 pub mod shimv2;

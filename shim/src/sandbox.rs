@@ -1,8 +1,11 @@
-//! A sandbox VM together with a ttrpc client to its agent.
+//! A sandbox VM together with the typed client of its agent.
 
 use std::{
-    os::{fd::IntoRawFd, unix::net::UnixStream},
-    path::PathBuf,
+    io,
+    os::{
+        fd::{IntoRawFd, OwnedFd},
+        unix::net::UnixStream,
+    },
     process::ExitStatus,
     sync::{Mutex, MutexGuard},
     time::Duration,
@@ -10,25 +13,61 @@ use std::{
 
 use anyhow::Context;
 use firedoor_hypervisor::{vsock, Backend, MicroVm, VmSpec};
-use firedoor_protocol::{
-    agent::{CheckRequest, CheckResponse, ShutdownRequest},
-    agent_ttrpc::AgentClient,
-    stdio,
-};
+use firedoor_protocol::{agent::CheckResponse, agent_ttrpc::AgentClient, stdio};
 use log::debug;
 
-/// Time allowed for one agent call that should answer at once.
-pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::agent::{ctx, GuestAgent, RPC_TIMEOUT};
+
 /// Time the guest gets to power off after `Shutdown` before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Time allowed to open one stdio stream.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What the sandbox needs of the VM under it: a [`MicroVm`] in production,
+/// a stand-in in the shim's unit tests.
+pub trait SandboxVm: Send {
+    /// A descriptor that becomes readable when the VM has exited.
+    fn exit_notifier(&self) -> io::Result<OwnedFd>;
+    fn vmm_pid(&self) -> u32;
+    /// PIDs of the helper processes (vhost-user daemons).
+    fn helper_pids(&self) -> Vec<u32>;
+    /// The last `lines` lines of the guest console.
+    fn console_tail(&self, lines: usize) -> String;
+    /// Launch to the agent's first answer.
+    fn boot_time(&self) -> Duration;
+    /// Waits up to `grace` for the guest to end, then kills it; returns the
+    /// exit status and whether it was killed.
+    fn stop(&mut self, grace: Duration) -> anyhow::Result<(ExitStatus, bool)>;
+}
+
+impl SandboxVm for MicroVm {
+    fn exit_notifier(&self) -> io::Result<OwnedFd> {
+        MicroVm::exit_notifier(self)
+    }
+    fn vmm_pid(&self) -> u32 {
+        MicroVm::vmm_pid(self)
+    }
+    fn helper_pids(&self) -> Vec<u32> {
+        MicroVm::helper_pids(self)
+    }
+    fn console_tail(&self, lines: usize) -> String {
+        MicroVm::console_tail(self, lines)
+    }
+    fn boot_time(&self) -> Duration {
+        MicroVm::boot_time(self)
+    }
+    fn stop(&mut self, grace: Duration) -> anyhow::Result<(ExitStatus, bool)> {
+        Ok(MicroVm::stop(self, grace)?)
+    }
+}
+
+/// Opens a raw stream to the agent's stdio port (before the header).
+pub type StdioConnector = Box<dyn Fn() -> anyhow::Result<UnixStream> + Send + Sync>;
+
 pub struct Sandbox {
-    vm: Mutex<MicroVm>,
-    agent: AgentClient,
-    vsock_uds: PathBuf,
-    stdio_port: u32,
+    vm: Mutex<Box<dyn SandboxVm>>,
+    agent: GuestAgent,
+    connect_stdio: StdioConnector,
 }
 
 impl Sandbox {
@@ -41,33 +80,48 @@ impl Sandbox {
         let (vm, stream) = MicroVm::start(backend, &spec)?;
         let client = ttrpc::Client::new(stream.into_raw_fd())
             .map_err(|e| anyhow::anyhow!("creating the agent client: {e}"))?;
-        Ok(Sandbox {
-            vsock_uds: vm.run_dir().join("vsock.sock"),
+        let vsock_uds = vm.run_dir().join("vsock.sock");
+        let stdio_port = stdio::port(spec.agent_port);
+        let connect_stdio = Box::new(move || {
+            vsock::connect(&vsock_uds, stdio_port, STREAM_TIMEOUT)
+                .with_context(|| format!("connecting to the agent's stdio port {stdio_port}"))
+        });
+        Ok(Sandbox::from_parts(
+            Box::new(vm),
+            GuestAgent::new(AgentClient::new(client)),
+            connect_stdio,
+        ))
+    }
+
+    /// A sandbox from a running VM and a connected agent.
+    pub fn from_parts(
+        vm: Box<dyn SandboxVm>,
+        agent: GuestAgent,
+        connect_stdio: StdioConnector,
+    ) -> Sandbox {
+        Sandbox {
             vm: Mutex::new(vm),
-            agent: AgentClient::new(client),
-            stdio_port: stdio::port(spec.agent_port),
-        })
+            agent,
+            connect_stdio,
+        }
     }
 
     /// The VM itself (for its PIDs, console and timings).
-    pub fn vm(&self) -> MutexGuard<'_, MicroVm> {
+    pub fn vm(&self) -> MutexGuard<'_, Box<dyn SandboxVm>> {
         self.vm.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn agent(&self) -> &AgentClient {
+    pub fn agent(&self) -> &GuestAgent {
         &self.agent
     }
 
     /// Opens a raw stream to the agent's stdio port (before the header).
     pub fn connect_stdio(&self) -> anyhow::Result<UnixStream> {
-        vsock::connect(&self.vsock_uds, self.stdio_port, STREAM_TIMEOUT)
-            .with_context(|| format!("connecting to the agent's stdio port {}", self.stdio_port))
+        (self.connect_stdio)()
     }
 
     pub fn check(&self) -> anyhow::Result<CheckResponse> {
-        self.agent
-            .check(ctx(RPC_TIMEOUT), &CheckRequest::default())
-            .context("agent Check")
+        Ok(self.agent.check()?)
     }
 
     /// Asks the agent to power the guest off, waits for the VM to end (or
@@ -77,17 +131,9 @@ impl Sandbox {
     pub fn shutdown(&self) -> anyhow::Result<(ExitStatus, bool)> {
         // The guest may power off before the reply leaves it; the VM's exit
         // is what counts.
-        if let Err(e) = self
-            .agent
-            .shutdown(ctx(RPC_TIMEOUT), &ShutdownRequest::default())
-        {
-            debug!("agent Shutdown: {e} (waiting for the VM to exit anyway)");
+        if let Err(e) = self.agent.shutdown() {
+            debug!("{e} (waiting for the VM to exit anyway)");
         }
-        Ok(self.vm().stop(SHUTDOWN_GRACE)?)
+        self.vm().stop(SHUTDOWN_GRACE)
     }
-}
-
-/// A ttrpc context with a deadline.
-pub fn ctx(timeout: Duration) -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(timeout.as_nanos().min(i64::MAX as u128) as i64)
 }

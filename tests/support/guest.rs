@@ -107,12 +107,16 @@ impl Guest {
             shared_fs_tag: SHARED_FS_TAG.into(),
             ..Default::default()
         };
-        sandbox.agent().create_sandbox(ctx(timeout), &req).unwrap();
+        sandbox
+            .agent()
+            .client()
+            .create_sandbox(ctx(timeout), &req)
+            .unwrap();
         Guest { sandbox, timeout }
     }
 
     pub fn agent(&self) -> &firedoor_protocol::agent_ttrpc::AgentClient {
-        self.sandbox.agent()
+        self.sandbox.agent().client()
     }
 
     /// Creates container `id`; returns its guest pid.

@@ -7,18 +7,18 @@ use std::{
     sync::{atomic::AtomicBool, Arc},
 };
 
-use containerd_shim::{api, protos::ttrpc::Code, TtrpcResult};
+use containerd_shim::api;
 use firedoor_protocol::{agent::CreateContainerRequest, stdio::valid_id};
 use log::{info, warn};
 
 use super::{
-    agent_error, internal,
     sandbox_vm::{SandboxSlot, GUEST_SHARED_DIR},
-    status, Container, Process, Shared,
+    Container, Process, Shared,
 };
 use crate::{
+    error::{Result, ShimError},
     mount,
-    sandbox::{ctx, Sandbox, RPC_TIMEOUT},
+    sandbox::Sandbox,
     spec,
     stdio::{ProcessIo, StdioPaths},
 };
@@ -26,28 +26,25 @@ use crate::{
 pub(super) fn create(
     shared: &Arc<Shared>,
     req: api::CreateTaskRequest,
-) -> TtrpcResult<api::CreateTaskResponse> {
+) -> Result<api::CreateTaskResponse> {
     let id = req.id.as_str();
     if !valid_id(id) {
-        return Err(status(
-            Code::INVALID_ARGUMENT,
-            format!("container id {id:?}: use 1-128 of [A-Za-z0-9_.-]"),
-        ));
+        return Err(ShimError::InvalidArgument(format!(
+            "container id {id:?}: use 1-128 of [A-Za-z0-9_.-]"
+        )));
     }
     if shared.containers().contains_key(id) {
-        return Err(status(
-            Code::ALREADY_EXISTS,
-            format!("container {id} already exists"),
-        ));
+        return Err(ShimError::AlreadyExists(format!(
+            "container {id} already exists"
+        )));
     }
     if !req.checkpoint.is_empty() {
-        return Err(status(
-            Code::UNIMPLEMENTED,
-            "restoring from a checkpoint is not supported by Firedoor",
+        return Err(ShimError::Unimplemented(
+            "restoring from a checkpoint is not supported by Firedoor".into(),
         ));
     }
     let bundle = PathBuf::from(&req.bundle);
-    let oci = spec::load(&bundle).map_err(|e| status(Code::INVALID_ARGUMENT, format!("{e:#}")))?;
+    let oci = spec::load(&bundle).map_err(|e| ShimError::InvalidArgument(format!("{e:#}")))?;
     let stdio = StdioPaths {
         stdin: req.stdin.clone(),
         stdout: req.stdout.clone(),
@@ -65,7 +62,7 @@ pub(super) fn create(
         .unwrap_or_else(|| "rootfs".into());
     let rootfs = bundle.join(root_path);
     if !req.rootfs.is_empty() {
-        mount::mount_rootfs(&req.rootfs, &rootfs).map_err(internal)?;
+        mount::mount_rootfs(&req.rootfs, &rootfs)?;
         undo.rootfs = Some(rootfs.clone());
     }
     let sandbox = SandboxSlot::get_or_boot(shared, &oci, req.options.as_ref())?;
@@ -74,7 +71,7 @@ pub(super) fn create(
     let host_dir = shared.state_dir.join("shared").join(id);
     let guest_dir = format!("{GUEST_SHARED_DIR}/{id}");
     undo.shared = Some(host_dir.clone());
-    mount::bind(&rootfs, &host_dir.join("rootfs"), false).map_err(internal)?;
+    mount::bind(&rootfs, &host_dir.join("rootfs"), false)?;
     let mut guest_sources = Vec::new();
     for m in spec::host_bind_mounts(&oci) {
         let name = format!("mounts/{}", m.index);
@@ -83,32 +80,26 @@ pub(super) fn create(
         } else {
             bundle.join(&m.host_source)
         };
-        mount::bind(&source, &host_dir.join(&name), false).map_err(internal)?;
+        mount::bind(&source, &host_dir.join(&name), false)?;
         guest_sources.push((m.index, format!("{guest_dir}/{name}")));
     }
     let guest_rootfs = format!("{guest_dir}/rootfs");
-    let guest_spec = spec::for_guest(oci, &guest_rootfs, &guest_sources).map_err(internal)?;
-    let spec_json = serde_json::to_vec(&guest_spec).map_err(|e| internal(e.into()))?;
+    let guest_spec = spec::for_guest(oci, &guest_rootfs, &guest_sources)?;
+    let spec_json = serde_json::to_vec(&guest_spec).map_err(|e| ShimError::Internal(e.into()))?;
 
-    let reply = sandbox
-        .agent()
-        .create_container(
-            ctx(RPC_TIMEOUT),
-            &CreateContainerRequest {
-                container_id: id.into(),
-                oci_spec_json: spec_json,
-                rootfs: guest_rootfs,
-                stdio: Some(stdio.agent_stdio()).into(),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| agent_error("creating the container in the guest", e))?;
+    let reply = sandbox.agent().create_container(&CreateContainerRequest {
+        container_id: id.into(),
+        oci_spec_json: spec_json,
+        rootfs: guest_rootfs,
+        stdio: Some(stdio.agent_stdio()).into(),
+        ..Default::default()
+    })?;
     undo.guest_container = Some((sandbox.clone(), id.to_string()));
 
     let io = ProcessIo::attach(&stdio, id, "", &shared.namespace, &|| {
         sandbox.connect_stdio()
     })
-    .map_err(|e| internal(e.context("attaching the container's stdio")))?;
+    .map_err(|e| ShimError::Internal(e.context("attaching the container's stdio")))?;
     let init = Arc::new(Process::new(id, "", stdio.clone(), None));
     init.set_pid(reply.pid);
     *init.io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io);

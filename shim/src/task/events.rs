@@ -13,19 +13,18 @@ use log::{debug, warn};
 
 use super::process::ExitInfo;
 
-pub struct Events {
+/// Where events go: containerd's event service, or a recorder in tests.
+pub trait EventSink: Send + Sync {
+    fn publish(&self, event: Box<dyn Event>);
+}
+
+/// containerd's event service, through the address it gave the shim.
+struct Containerd {
     publisher: RemotePublisher,
     namespace: String,
 }
 
-impl Events {
-    pub fn new(publisher: RemotePublisher, namespace: String) -> Self {
-        Events {
-            publisher,
-            namespace,
-        }
-    }
-
+impl EventSink for Containerd {
     fn publish(&self, event: Box<dyn Event>) {
         let topic = event.topic();
         debug!("publishing {topic}");
@@ -37,6 +36,27 @@ impl Events {
         ) {
             warn!("publishing {topic}: {e}");
         }
+    }
+}
+
+pub struct Events {
+    sink: Box<dyn EventSink>,
+}
+
+impl Events {
+    pub fn new(publisher: RemotePublisher, namespace: String) -> Self {
+        Self::to_sink(Box::new(Containerd {
+            publisher,
+            namespace,
+        }))
+    }
+
+    pub fn to_sink(sink: Box<dyn EventSink>) -> Self {
+        Events { sink }
+    }
+
+    fn publish(&self, event: Box<dyn Event>) {
+        self.sink.publish(event);
     }
 
     pub fn create(&self, id: &str, bundle: &str, terminal: bool, stdio: [&str; 3], pid: u32) {

@@ -17,23 +17,26 @@ mod process_wait;
 mod sandbox_vm;
 pub use sandbox_vm::PIDS_FILE;
 mod shim_lifecycle;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::HashMap,
-    fmt::Display,
     path::PathBuf,
     sync::{atomic::AtomicBool, Arc, Mutex, MutexGuard},
 };
 
 use containerd_shim::{
     api::{self, Empty},
-    protos::ttrpc::{Code, Error as TtrpcError},
     ExitSignal, Task, TtrpcContext, TtrpcResult,
 };
 
 pub use self::process::{ExitInfo, Process};
 use self::{events::Events, sandbox_vm::SandboxSlot};
-use crate::config::Config;
+use crate::{
+    config::Config,
+    error::{Result, ShimError},
+};
 
 /// A container in the sandbox: its bundle, its init process and its execs.
 pub(crate) struct Container {
@@ -79,52 +82,18 @@ impl Shared {
     }
 
     /// The process `exec_id` (empty: init) of container `id`.
-    pub fn process(&self, id: &str, exec_id: &str) -> TtrpcResult<Arc<Process>> {
+    pub fn process(&self, id: &str, exec_id: &str) -> Result<Arc<Process>> {
         let containers = self.containers();
         let container = containers
             .get(id)
-            .ok_or_else(|| status(Code::NOT_FOUND, format!("container {id} not found")))?;
+            .ok_or_else(|| ShimError::NotFound(format!("container {id} not found")))?;
         if exec_id.is_empty() {
             return Ok(container.init.clone());
         }
         container.execs.get(exec_id).cloned().ok_or_else(|| {
-            status(
-                Code::NOT_FOUND,
-                format!("process {exec_id} of container {id} not found"),
-            )
+            ShimError::NotFound(format!("process {exec_id} of container {id} not found"))
         })
     }
-}
-
-/// A ttrpc error with a status code for containerd.
-pub(crate) fn status(code: Code, message: impl Display) -> TtrpcError {
-    TtrpcError::RpcStatus(containerd_shim::protos::ttrpc::get_status(
-        code,
-        message.to_string(),
-    ))
-}
-
-/// An error from the agent, with what we were doing; the agent's status
-/// code (NOT_FOUND, INVALID_ARGUMENT, ...) goes through to containerd.
-pub(crate) fn agent_error(doing: &str, e: TtrpcError) -> TtrpcError {
-    let code = match &e {
-        TtrpcError::RpcStatus(s) => s.code(),
-        _ => Code::UNAVAILABLE,
-    };
-    status(code, format!("{doing}: {}", describe(&e)))
-}
-
-/// A ttrpc error as a person reads it.
-pub(crate) fn describe(e: &TtrpcError) -> String {
-    match e {
-        TtrpcError::RpcStatus(s) => s.message().to_string(),
-        other => format!("the guest agent is unreachable ({other})"),
-    }
-}
-
-/// An internal failure, with its whole context chain.
-pub(crate) fn internal(e: anyhow::Error) -> TtrpcError {
-    status(Code::INTERNAL, format!("{e:#}"))
 }
 
 #[derive(Clone)]
@@ -144,11 +113,11 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        container_create::create(&self.shared, req)
+        container_create::create(&self.shared, req).map_err(Into::into)
     }
 
     fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
-        process_start::start(&self.shared, req)
+        process_start::start(&self.shared, req).map_err(Into::into)
     }
 
     fn delete(
@@ -156,58 +125,55 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        container_delete::delete(&self.shared, req)
+        container_delete::delete(&self.shared, req).map_err(Into::into)
     }
 
     fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
-        process_exec::exec(&self.shared, req)
+        process_exec::exec(&self.shared, req).map_err(Into::into)
     }
 
     fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
-        process_kill::kill(&self.shared, req)
+        process_kill::kill(&self.shared, req).map_err(Into::into)
     }
 
     fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        process_wait::wait(&self.shared, req)
+        process_wait::wait(&self.shared, req).map_err(Into::into)
     }
 
     fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
-        process_state::state(&self.shared, req)
+        process_state::state(&self.shared, req).map_err(Into::into)
     }
 
     fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        process_state::pids(&self.shared, req)
+        process_state::pids(&self.shared, req).map_err(Into::into)
     }
 
     fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
-        container_pause::pause(&self.shared, &req.id)
+        container_pause::pause(&self.shared, &req.id).map_err(Into::into)
     }
 
     fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
-        container_pause::resume(&self.shared, &req.id)
+        container_pause::resume(&self.shared, &req.id).map_err(Into::into)
     }
 
     fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
-        container_stats::stats(&self.shared, req)
+        container_stats::stats(&self.shared, req).map_err(Into::into)
     }
 
     fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
-        container_update::update(&self.shared, req)
+        container_update::update(&self.shared, req).map_err(Into::into)
     }
 
     fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
-        process_io::resize_pty(&self.shared, req)
+        process_io::resize_pty(&self.shared, req).map_err(Into::into)
     }
 
     fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
-        process_io::close_io(&self.shared, req)
+        process_io::close_io(&self.shared, req).map_err(Into::into)
     }
 
     fn checkpoint(&self, _: &TtrpcContext, _: api::CheckpointTaskRequest) -> TtrpcResult<Empty> {
-        Err(status(
-            Code::UNIMPLEMENTED,
-            "checkpoint is not supported by Firedoor",
-        ))
+        Err(ShimError::Unimplemented("checkpoint is not supported by Firedoor".into()).into())
     }
 
     fn connect(
@@ -215,10 +181,10 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        shim_lifecycle::connect(&self.shared, req)
+        shim_lifecycle::connect(&self.shared, req).map_err(Into::into)
     }
 
     fn shutdown(&self, _: &TtrpcContext, req: api::ShutdownRequest) -> TtrpcResult<Empty> {
-        shim_lifecycle::shutdown(&self.shared, req)
+        shim_lifecycle::shutdown(&self.shared, req).map_err(Into::into)
     }
 }

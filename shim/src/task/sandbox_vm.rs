@@ -3,31 +3,29 @@
 
 use std::{
     fs,
-    os::fd::AsFd,
+    os::fd::{AsFd, OwnedFd},
     path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc, Arc, Mutex,
+        mpsc, Arc, Mutex, Weak,
     },
     thread,
 };
 
 use anyhow::Context;
-use containerd_shim::{
-    protos::{protobuf::well_known_types::any::Any, ttrpc::Code},
-    TtrpcResult,
-};
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use firedoor_hypervisor::{host, VmSpec, SHARED_FS_TAG};
-use firedoor_protocol::agent::{CreateSandboxRequest, GetOOMEventRequest, StatsContainerResponse};
+use firedoor_protocol::agent::{CreateSandboxRequest, StatsContainerResponse};
 use log::{error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::{process::VM_GONE_STATUS, status, ExitInfo, Shared};
+use super::{process::VM_GONE_STATUS, ExitInfo, Shared};
 use crate::{
     assets, backends,
     config::Config,
+    error::{Result, ShimError},
     mount,
-    sandbox::{ctx, Sandbox, RPC_TIMEOUT},
+    sandbox::Sandbox,
 };
 
 /// Where the guest sees the shared directory.
@@ -54,12 +52,12 @@ impl SandboxSlot {
     }
 
     /// The running sandbox, or an UNAVAILABLE error that says why not.
-    pub fn running(&self) -> containerd_shim::TtrpcResult<Arc<Sandbox>> {
+    pub fn running(&self) -> Result<Arc<Sandbox>> {
         if self.dead.load(Ordering::SeqCst) {
-            return Err(status(Code::UNAVAILABLE, "the sandbox VM has exited"));
+            return Err(ShimError::Unavailable("the sandbox VM has exited".into()));
         }
         self.get()
-            .ok_or_else(|| status(Code::UNAVAILABLE, "the sandbox VM is not running"))
+            .ok_or_else(|| ShimError::Unavailable("the sandbox VM is not running".into()))
     }
 
     /// The running sandbox, booting it first if this is the first container
@@ -68,16 +66,16 @@ impl SandboxSlot {
         shared: &Arc<Shared>,
         first: &oci_spec::runtime::Spec,
         options: Option<&Any>,
-    ) -> TtrpcResult<Arc<Sandbox>> {
+    ) -> Result<Arc<Sandbox>> {
         let slot = &shared.sandbox;
         let mut guard = slot.sandbox.lock().unwrap_or_else(|e| e.into_inner());
         if slot.dead.load(Ordering::SeqCst) {
-            return Err(status(Code::UNAVAILABLE, "the sandbox VM has exited"));
+            return Err(ShimError::Unavailable("the sandbox VM has exited".into()));
         }
         if let Some(sandbox) = guard.as_ref() {
             return Ok(sandbox.clone());
         }
-        let invalid = |e: anyhow::Error| status(Code::INVALID_ARGUMENT, format!("{e:#}"));
+        let invalid = |e: anyhow::Error| ShimError::InvalidArgument(format!("{e:#}"));
         let from_options = options
             .map(|any| Config::from_runtime_options(&any.type_url, &any.value))
             .transpose()
@@ -88,14 +86,14 @@ impl SandboxSlot {
             None => shared
                 .config
                 .clone()
-                .map_err(|e| status(Code::FAILED_PRECONDITION, e))?,
+                .map_err(ShimError::FailedPrecondition)?,
         };
         let no_annotations = Default::default();
         let config = config
             .with_annotations(first.annotations().as_ref().unwrap_or(&no_annotations))
             .map_err(invalid)?;
         let unavailable =
-            |e: anyhow::Error| status(Code::UNAVAILABLE, format!("starting the sandbox VM: {e:#}"));
+            |e: anyhow::Error| ShimError::Unavailable(format!("starting the sandbox VM: {e:#}"));
         let memory_limit_mib = first
             .linux()
             .as_ref()
@@ -131,16 +129,28 @@ impl SandboxSlot {
             shared_fs_tag: SHARED_FS_TAG.into(),
             ..Default::default()
         };
-        if let Err(e) = sandbox.agent().create_sandbox(ctx(RPC_TIMEOUT), &setup) {
+        if let Err(e) = sandbox.agent().create_sandbox(&setup) {
             slot.stopping.store(true, Ordering::SeqCst);
             let _ = sandbox.shutdown();
-            return Err(anyhow::anyhow!(
-                "setting up the guest: {}",
-                super::describe(&e)
-            ));
+            return Err(e.into());
         }
         spawn_oom_watcher(shared.clone(), sandbox.clone());
         Ok(sandbox)
+    }
+
+    /// Puts an already running sandbox in the slot and watches it as a
+    /// booted one is watched (the unit tests' way in).
+    #[cfg(test)]
+    pub fn install(shared: &Arc<Shared>, sandbox: Arc<Sandbox>) {
+        let exit_fd = sandbox.vm().exit_notifier().expect("exit notifier");
+        let watcher_shared = Arc::downgrade(shared);
+        thread::spawn(move || watch_exit(&watcher_shared, &exit_fd));
+        spawn_oom_watcher(shared.clone(), sandbox.clone());
+        *shared
+            .sandbox
+            .sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(sandbox);
     }
 
     /// Stops the VM (if any) and removes everything the sandbox used.
@@ -227,15 +237,22 @@ fn boot_watched(
             let exit_fd = sandbox.vm().exit_notifier();
             record_pids(&spec.run_base, &sandbox);
             let _ = tx.send(Ok(sandbox));
-            let Ok(exit_fd) = exit_fd else { return };
-            let mut fds = [PollFd::new(exit_fd.as_fd(), PollFlags::POLLIN)];
-            while let Err(nix::Error::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
-            if let Some(shared) = watcher_shared.upgrade() {
-                vm_exited(&shared);
+            if let Ok(exit_fd) = exit_fd {
+                watch_exit(&watcher_shared, &exit_fd);
             }
         })
         .context("starting the sandbox thread")?;
     rx.recv().context("the sandbox thread died")?
+}
+
+/// Blocks until `exit_fd` (the VM's exit notifier) is readable, then
+/// reports the VM's exit unless we stopped it.
+fn watch_exit(shared: &Weak<Shared>, exit_fd: &OwnedFd) {
+    let mut fds = [PollFd::new(exit_fd.as_fd(), PollFlags::POLLIN)];
+    while let Err(nix::Error::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
+    if let Some(shared) = shared.upgrade() {
+        vm_exited(&shared);
+    }
 }
 
 /// PIDs of the VM's processes, for `shim delete` after a shim crash.
@@ -287,10 +304,7 @@ fn spawn_oom_watcher(shared: Arc<Shared>, sandbox: Arc<Sandbox>) {
     let spawned = thread::Builder::new()
         .name("oom-events".into())
         .spawn(move || loop {
-            let event = match agent.get_oom_event(
-                ttrpc::context::Context::default(),
-                &GetOOMEventRequest::default(),
-            ) {
+            let event = match agent.get_oom_event() {
                 Ok(event) => event,
                 Err(e) => {
                     log::debug!("OOM event stream ended: {e}");
