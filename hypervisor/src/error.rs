@@ -1,5 +1,7 @@
 use std::{io, path::PathBuf, time::Duration};
 
+use crate::vsock::ConnectError;
+
 /// Why a microVM could not be started, reached or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -33,7 +35,7 @@ pub enum Error {
         console: String,
     },
     #[error("hybrid vsock: {0}")]
-    Vsock(String),
+    Vsock(ConnectError),
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
 }
@@ -47,6 +49,12 @@ fn console_tail(console: &str) -> String {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<ConnectError> for Error {
+    fn from(e: ConnectError) -> Self {
+        Error::Vsock(e)
+    }
+}
 
 pub(crate) trait IoContext<T> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T>;

@@ -14,7 +14,7 @@ use crate::{
     backend::{Backend, BackendKind, RunDir, VmSpec},
     error::IoContext,
     process::{tail_lines, ManagedChild},
-    vsock::{self, ConnectError},
+    vsock::{ConnectError, GuestVsock},
     Error, Result,
 };
 
@@ -80,8 +80,9 @@ pub struct MicroVm {
 }
 
 impl MicroVm {
-    /// Boots `spec` with `backend` and waits until the guest agent accepts a
-    /// connection on `spec.agent_port`; returns the VM and that connection.
+    /// Boots `spec` with `backend` and waits until the guest passes
+    /// `spec.ready` (accepts a connection on its vsock port); returns the VM
+    /// and that connection.
     /// On any error everything started so far is stopped and removed.
     pub fn start(backend: &dyn Backend, spec: &VmSpec) -> Result<(MicroVm, UnixStream)> {
         spec.validate()?;
@@ -109,10 +110,10 @@ impl MicroVm {
     }
 
     fn wait_for_agent(&mut self, spec: &VmSpec, started: Instant) -> Result<UnixStream> {
-        let (port, timeout) = (spec.agent_port, spec.boot_timeout);
+        let (port, timeout) = (spec.ready.vsock_port, spec.boot_timeout);
         let deadline = started + timeout;
-        let mut marker = spec.ready_marker.as_deref().map(ConsoleWatch::new);
-        let uds = self.run_dir.vsock_uds();
+        let mut marker = spec.ready.console_marker.as_deref().map(ConsoleWatch::new);
+        let vsock = self.vsock();
         loop {
             self.check_alive()?;
             let left = deadline.saturating_duration_since(Instant::now());
@@ -130,12 +131,12 @@ impl MicroVm {
                 None => false,
             };
             if !waiting_for_marker {
-                match vsock::connect(&uds, port, left.min(CONNECT_ATTEMPT_TIMEOUT)) {
+                match vsock.connect(port, left.min(CONNECT_ATTEMPT_TIMEOUT)) {
                     Ok(stream) => return Ok(stream),
                     Err(e @ (ConnectError::NotListening { .. } | ConnectError::Timeout { .. })) => {
-                        debug!("waiting for the agent: {e}");
+                        debug!("waiting for the guest: {e}");
                     }
-                    Err(e) => return Err(Error::Vsock(e.to_string())),
+                    Err(e) => return Err(Error::Vsock(e)),
                 }
             }
             // Sleeps, but wakes at once if the VMM exits.
@@ -178,11 +179,16 @@ impl MicroVm {
         Ok(())
     }
 
-    /// Opens another stream to a guest vsock port (the agent's side must be
+    /// Opens another stream to a guest vsock port (the guest's side must be
     /// listening already).
     pub fn connect(&self, port: u32, timeout: Duration) -> Result<UnixStream> {
-        vsock::connect(&self.run_dir.vsock_uds(), port, timeout)
-            .map_err(|e| Error::Vsock(e.to_string()))
+        Ok(self.vsock().connect(port, timeout)?)
+    }
+
+    /// The way in to the guest's vsock, for opening streams without
+    /// holding the VM.
+    pub fn vsock(&self) -> GuestVsock {
+        GuestVsock::new(self.run_dir.vsock_uds())
     }
 
     /// Waits up to `timeout` for the guest to end (power-off, reset, panic).

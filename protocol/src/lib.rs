@@ -32,4 +32,9 @@ pub mod cmdline {
     pub const PORT: &str = "firedoor.port";
     /// Agent log level: error, warn, info, debug, trace.
     pub const LOG: &str = "firedoor.log";
+
+    /// The kernel parameter that puts the agent on vsock `port`.
+    pub fn port_param(port: u32) -> String {
+        format!("{PORT}={port}")
+    }
 }

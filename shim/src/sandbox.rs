@@ -12,11 +12,31 @@ use std::{
 };
 
 use anyhow::Context;
-use firedoor_hypervisor::{vsock, Backend, MicroVm, VmSpec};
-use firedoor_protocol::{agent::CheckResponse, agent_ttrpc::AgentClient, stdio};
+use firedoor_hypervisor::{Backend, MicroVm, ReadinessProbe, VmSpec};
+use firedoor_protocol::{
+    agent::CheckResponse, agent_ttrpc::AgentClient, cmdline, ready_marker, stdio,
+    DEFAULT_AGENT_PORT,
+};
 use log::debug;
 
 pub use crate::agent::{ctx, GuestAgent, RPC_TIMEOUT};
+
+/// The agent's vsock port in every sandbox VM.
+const AGENT_PORT: u32 = DEFAULT_AGENT_PORT;
+
+/// `spec` with what our agent needs: its port on the kernel command line
+/// (before the caller's parameters, so that a test can still override it),
+/// and the agent's ready line and port as the readiness probe.
+fn with_agent(spec: &VmSpec) -> VmSpec {
+    let mut spec = spec.clone();
+    spec.kernel_params
+        .insert(0, cmdline::port_param(AGENT_PORT));
+    spec.ready = ReadinessProbe {
+        vsock_port: AGENT_PORT,
+        console_marker: Some(ready_marker(AGENT_PORT)),
+    };
+    spec
+}
 
 /// Time the guest gets to power off after `Shutdown` before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -71,19 +91,17 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Boots a VM and connects to its agent. Nothing is left running if
-    /// this fails.
+    /// Boots a VM running our agent and connects to it. Nothing is left
+    /// running if this fails.
     pub fn boot(backend: &dyn Backend, spec: &VmSpec) -> anyhow::Result<Sandbox> {
-        let mut spec = spec.clone();
-        spec.ready_marker
-            .get_or_insert_with(|| firedoor_protocol::ready_marker(spec.agent_port));
-        let (vm, stream) = MicroVm::start(backend, &spec)?;
+        let (vm, stream) = MicroVm::start(backend, &with_agent(spec))?;
         let client = ttrpc::Client::new(stream.into_raw_fd())
             .map_err(|e| anyhow::anyhow!("creating the agent client: {e}"))?;
-        let vsock_uds = vm.run_dir().join("vsock.sock");
-        let stdio_port = stdio::port(spec.agent_port);
+        let vsock = vm.vsock();
+        let stdio_port = stdio::port(AGENT_PORT);
         let connect_stdio = Box::new(move || {
-            vsock::connect(&vsock_uds, stdio_port, STREAM_TIMEOUT)
+            vsock
+                .connect(stdio_port, STREAM_TIMEOUT)
                 .with_context(|| format!("connecting to the agent's stdio port {stdio_port}"))
         });
         Ok(Sandbox::from_parts(
@@ -135,5 +153,26 @@ impl Sandbox {
             debug!("{e} (waiting for the VM to exit anyway)");
         }
         self.vm().stop(SHUTDOWN_GRACE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_port_goes_first_and_is_what_the_probe_waits_for() {
+        let mut spec = VmSpec::new("/k", "/i");
+        spec.kernel_params = vec!["firedoor.log=debug".into()];
+        let spec = with_agent(&spec);
+        assert_eq!(
+            spec.kernel_params,
+            ["firedoor.port=1024", "firedoor.log=debug"]
+        );
+        assert_eq!(spec.ready.vsock_port, 1024);
+        assert_eq!(
+            spec.ready.console_marker.as_deref(),
+            Some("firedoor-agent: ready on vsock port 1024")
+        );
     }
 }
