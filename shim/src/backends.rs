@@ -6,6 +6,23 @@ use firedoor_hypervisor::{
 
 use crate::config::Config;
 
+/// The backend `config` names, or for "auto" the built-in VMM (with
+/// virtio-fs for the containers' share) on hardware KVM, QEMU elsewhere.
+pub fn for_config(config: &Config) -> anyhow::Result<Box<dyn Backend>> {
+    let kvm = host::probe_kvm();
+    let kind = match config.backend_kind()? {
+        Some(kind) => kind,
+        None => default_kind(&kvm),
+    };
+    let backend = create_with(kind, &kvm, config)?;
+    log::info!(
+        "booting the sandbox VM with the {} backend ({})",
+        backend.kind(),
+        backend.accelerator()
+    );
+    Ok(backend)
+}
+
 /// The backend to use when none is named: the built-in VMM on hardware KVM
 /// when `firedoor-vmm` is installed, otherwise QEMU (with KVM or TCG as the
 /// host allows).

@@ -2,7 +2,6 @@
 //! the guest image lookup, backend choice, and a sandbox VM driven through
 //! its agent.
 
-pub mod agent;
 pub mod assets;
 pub mod backends;
 pub mod config;

@@ -145,7 +145,7 @@ fn cleanup_after_crash(bundle: &Path, state_dir: &Path) {
 /// line still names this state dir: PIDs get reused), then unmounts and
 /// removes the state dir.
 fn remove_sandbox_state(state_dir: &Path) {
-    if let Ok(pids) = fs::read_to_string(state_dir.join(crate::task::PIDS_FILE)) {
+    if let Ok(pids) = fs::read_to_string(state_dir.join(crate::sandbox::PIDS_FILE)) {
         let marker = state_dir.to_string_lossy().into_owned();
         for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();

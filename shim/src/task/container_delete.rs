@@ -6,12 +6,8 @@ use std::sync::Arc;
 use containerd_shim::api;
 use log::{debug, info};
 
-use super::{container_create::remove_shared, process::Phase, ExitInfo, Shared};
-use crate::{
-    error::{Result, ShimError},
-    mount,
-    sandbox::Sandbox,
-};
+use super::{process::Phase, ExitInfo, Shared};
+use crate::error::{Result, ShimError};
 
 pub(super) fn delete(shared: &Arc<Shared>, req: api::DeleteRequest) -> Result<api::DeleteResponse> {
     let (id, exec_id) = (req.id.as_str(), req.exec_id.as_str());
@@ -46,12 +42,11 @@ pub(super) fn delete(shared: &Arc<Shared>, req: api::DeleteRequest) -> Result<ap
         return Ok(response);
     }
 
-    let Some(container) = shared.containers().remove(id) else {
+    let Some(mut container) = shared.containers().remove(id) else {
         return Err(ShimError::NotFound(format!("container {id} not found")));
     };
-    if let Ok(sandbox) = shared.sandbox.running() {
-        remove_in_guest(&sandbox, id);
-    }
+    let sandbox = shared.sandbox.running().ok();
+    container.footprint.release(id, sandbox.as_deref());
     drop(
         container
             .init
@@ -60,23 +55,12 @@ pub(super) fn delete(shared: &Arc<Shared>, req: api::DeleteRequest) -> Result<ap
             .unwrap_or_else(|e| e.into_inner())
             .take(),
     );
-    remove_shared(&shared.state_dir.join("shared").join(id));
-    if container.rootfs_mounted {
-        mount::unmount_all_under(&container.bundle.join("rootfs"));
-    }
     info!("deleted container {id}");
     shared.events.delete(id, response.pid, &exit);
     if shared.containers().is_empty() {
         shared.sandbox.shut_down(&shared.state_dir);
     }
     Ok(response)
-}
-
-/// Removes the container in the guest, whatever is left of it.
-pub(super) fn remove_in_guest(sandbox: &Sandbox, id: &str) {
-    if let Err(e) = sandbox.agent().remove_container(id, true) {
-        debug!("{e}");
-    }
 }
 
 fn display_exec(exec_id: &str) -> &str {

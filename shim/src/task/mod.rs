@@ -1,6 +1,7 @@
 //! containerd's Task service (API v2), one file per verb, backed by one
 //! sandbox VM per shim.
 
+mod container;
 mod container_create;
 mod container_delete;
 mod container_pause;
@@ -14,8 +15,6 @@ mod process_kill;
 mod process_start;
 mod process_state;
 mod process_wait;
-mod sandbox_vm;
-pub use sandbox_vm::PIDS_FILE;
 mod shim_lifecycle;
 #[cfg(test)]
 mod tests;
@@ -23,7 +22,7 @@ mod tests;
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{atomic::AtomicBool, Arc, Mutex, MutexGuard},
+    sync::{atomic::Ordering, Arc, Mutex, MutexGuard},
 };
 
 use containerd_shim::{
@@ -31,24 +30,19 @@ use containerd_shim::{
     ExitSignal, Task, TtrpcContext, TtrpcResult,
 };
 
+use firedoor_protocol::agent::StatsContainerResponse;
+
 pub use self::process::{ExitInfo, Process};
-use self::{events::Events, sandbox_vm::SandboxSlot};
+use self::{
+    container::Container,
+    events::Events,
+    process::{Phase, VM_GONE_STATUS},
+};
 use crate::{
     config::Config,
     error::{Result, ShimError},
+    sandbox::{SandboxOwner, SandboxSlot},
 };
-
-/// A container in the sandbox: its bundle, its init process and its execs.
-pub(crate) struct Container {
-    pub bundle: PathBuf,
-    /// We mounted containerd's rootfs mounts on `<bundle>/rootfs`.
-    pub rootfs_mounted: bool,
-    pub init: Arc<Process>,
-    pub execs: HashMap<String, Arc<Process>>,
-    pub paused: bool,
-    /// Set once TaskOOM went out for this container.
-    pub oom_reported: Arc<AtomicBool>,
-}
 
 /// State shared by every request of one shim.
 pub(crate) struct Shared {
@@ -94,6 +88,47 @@ impl Shared {
             ShimError::NotFound(format!("process {exec_id} of container {id} not found"))
         })
     }
+
+    /// Publishes TaskOOM for `id` unless it already went out.
+    pub fn report_oom(&self, id: &str) {
+        let flag = self.containers().get(id).map(|c| c.oom_reported.clone());
+        if let Some(flag) = flag {
+            if !flag.swap(true, Ordering::SeqCst) {
+                self.events.oom(id);
+            }
+        }
+    }
+}
+
+impl SandboxOwner for Shared {
+    fn slot(&self) -> &SandboxSlot {
+        &self.sandbox
+    }
+
+    /// Every process of the sandbox is gone with the VM: each one that was
+    /// created in the guest exits with [`VM_GONE_STATUS`].
+    fn sandbox_failed(&self) {
+        let processes: Vec<_> = self
+            .containers()
+            .values()
+            .flat_map(|c| std::iter::once(c.init.clone()).chain(c.execs.values().cloned()))
+            .collect();
+        for process in processes {
+            if process.phase() == Phase::Created && process.pid() == 0 {
+                continue;
+            }
+            self.report_exit(&process, ExitInfo::now(VM_GONE_STATUS));
+        }
+    }
+
+    fn oom_killed(&self, id: &str) {
+        self.report_oom(id);
+    }
+}
+
+/// Whether the container's cgroup saw an OOM kill.
+pub(crate) fn oom_killed(stats: &StatsContainerResponse) -> bool {
+    stats.memory.as_ref().is_some_and(|m| m.oom_kill > 0)
 }
 
 #[derive(Clone)]

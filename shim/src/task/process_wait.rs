@@ -6,11 +6,7 @@ use std::{sync::Arc, thread, time::Duration};
 use containerd_shim::api;
 use log::{debug, warn};
 
-use super::{
-    process::VM_GONE_STATUS,
-    sandbox_vm::{oom_killed, report_oom},
-    ExitInfo, Process, Shared,
-};
+use super::{oom_killed, process::VM_GONE_STATUS, ExitInfo, Process, Shared};
 use crate::{error::Result, sandbox::GuestAgent};
 
 /// How long the output streams may trail the exit before it is reported.
@@ -53,7 +49,7 @@ pub(super) fn spawn_waiter(shared: &Arc<Shared>, agent: GuestAgent, process: Arc
         }
         if process.exec_id.is_empty() {
             match agent.stats_container(&process.container_id) {
-                Ok(stats) if oom_killed(&stats) => report_oom(&shared, &process.container_id),
+                Ok(stats) if oom_killed(&stats) => shared.report_oom(&process.container_id),
                 Ok(_) => {}
                 Err(e) => debug!("stats after exit of {}: {e}", process.container_id),
             }

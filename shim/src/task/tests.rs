@@ -36,12 +36,12 @@ use ttrpc::TtrpcContext;
 
 use super::{
     container_create, container_delete, events::EventSink, process_exec, process_kill,
-    process_start, process_state, process_wait, sandbox_vm::SandboxSlot, Events, Shared,
+    process_start, process_state, process_wait, Events, Shared,
 };
 use crate::{
     config::Config,
     error::ShimError,
-    sandbox::{GuestAgent, Sandbox, SandboxVm},
+    sandbox::{GuestAgent, Sandbox, SandboxSlot, SandboxVm},
 };
 
 const SIGKILL: u32 = 9;
@@ -373,16 +373,16 @@ impl Harness {
         }
     }
 
-    /// A bundle with a config.json running `sh` and an empty rootfs.
-    fn bundle(&self, id: &str) -> String {
+    /// A bundle with a config.json running `sh` and an empty rootfs at
+    /// `root_path`.
+    fn bundle(&self, id: &str, root_path: &str) -> String {
         let bundle = self.dir.path().join(format!("bundle-{id}"));
-        fs::create_dir_all(bundle.join("rootfs")).unwrap();
-        fs::write(
-            bundle.join("config.json"),
-            r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
-                "process": {"user": {"uid": 0, "gid": 0}, "args": ["sh"], "cwd": "/"}}"#,
-        )
-        .unwrap();
+        fs::create_dir_all(bundle.join(root_path)).unwrap();
+        let config = format!(
+            r#"{{"ociVersion": "1.0.2", "root": {{"path": "{root_path}"}},
+                "process": {{"user": {{"uid": 0, "gid": 0}}, "args": ["sh"], "cwd": "/"}}}}"#
+        );
+        fs::write(bundle.join("config.json"), config).unwrap();
         bundle.display().to_string()
     }
 
@@ -391,7 +391,7 @@ impl Harness {
             &self.shared,
             api::CreateTaskRequest {
                 id: id.into(),
-                bundle: self.bundle(id),
+                bundle: self.bundle(id, "rootfs"),
                 ..Default::default()
             },
         )
@@ -632,4 +632,36 @@ fn vm_death_ends_every_process_with_137() {
     h.delete("c2", "").unwrap();
     assert_eq!(h.events.topics().last().unwrap(), "/tasks/delete");
     assert!(!h.shared.state_dir.exists(), "state dir left behind");
+}
+
+#[test]
+fn delete_unmounts_the_rootfs_where_create_mounted_it() {
+    let h = Harness::new();
+    let image = h.dir.path().join("image");
+    fs::create_dir(&image).unwrap();
+    fs::write(image.join("marker"), "x").unwrap();
+    let bundle = h.bundle("c1", "custom-root");
+    let rootfs = std::path::Path::new(&bundle).join("custom-root");
+    container_create::create(
+        &h.shared,
+        api::CreateTaskRequest {
+            id: "c1".into(),
+            bundle: bundle.clone(),
+            rootfs: vec![containerd_shim_protos::api::Mount {
+                type_: "bind".into(),
+                source: image.display().to_string(),
+                options: vec!["rbind".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(rootfs.join("marker").exists(), "rootfs not mounted");
+    h.delete("c1", "").unwrap();
+    assert!(
+        crate::mount::mounts_under(&rootfs).is_empty(),
+        "{} still mounted",
+        rootfs.display()
+    );
 }

@@ -1,4 +1,12 @@
-//! A sandbox VM together with the typed client of its agent.
+//! The sandbox: one VM with our agent in it, and everything around it —
+//! the typed agent client ([`agent`]), the shim's slot that boots it once
+//! ([`slot`]: config resolution -> VM spec -> backend -> boot, each a step
+//! of its own in [`sizing`]), and the threads that watch it ([`watchers`]).
+
+pub mod agent;
+mod sizing;
+pub(crate) mod slot;
+mod watchers;
 
 use std::{
     io,
@@ -19,7 +27,11 @@ use firedoor_protocol::{
 };
 use log::debug;
 
-pub use crate::agent::{ctx, GuestAgent, RPC_TIMEOUT};
+pub(crate) use self::slot::{SandboxOwner, SandboxSlot};
+pub use self::{
+    agent::{ctx, GuestAgent, RPC_TIMEOUT},
+    watchers::PIDS_FILE,
+};
 
 /// The agent's vsock port in every sandbox VM.
 const AGENT_PORT: u32 = DEFAULT_AGENT_PORT;
