@@ -43,11 +43,17 @@ fn with_agent(spec: &VmSpec) -> VmSpec {
     let mut spec = spec.clone();
     spec.kernel_params
         .insert(0, cmdline::port_param(AGENT_PORT));
-    spec.ready = ReadinessProbe {
+    spec.ready = agent_readiness();
+    spec
+}
+
+/// How the host knows our agent is up: its ready line on the console, then
+/// a connection on its port.
+pub fn agent_readiness() -> ReadinessProbe {
+    ReadinessProbe {
         vsock_port: AGENT_PORT,
         console_marker: Some(ready_marker(AGENT_PORT)),
-    };
-    spec
+    }
 }
 
 /// Time the guest gets to power off after `Shutdown` before it is killed.
