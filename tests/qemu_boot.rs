@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use firedoor_hypervisor::{Error, MicroVm, QemuBackend};
+use firedoor_hypervisor::{MicroVm, QemuBackend, VmError};
 use firedoor_shim::sandbox::Sandbox;
 use firedoor_tests::{assert_nothing_left, guest_spec, processes_mentioning};
 
@@ -100,7 +100,7 @@ fn missing_kernel_is_named_and_nothing_starts() {
     let err = MicroVm::start(&QemuBackend::detect().unwrap(), &spec)
         .err()
         .unwrap();
-    assert!(matches!(err, Error::KernelMissing(_)), "{err}");
+    assert!(matches!(err, VmError::KernelMissing(_)), "{err}");
     assert!(err.to_string().contains("no-such-vmlinux"), "{err}");
     assert_nothing_left(run_base.path());
 }
@@ -118,7 +118,7 @@ fn agent_on_another_port_times_out_and_leaves_nothing() {
         .unwrap();
     let elapsed = started.elapsed();
     assert!(
-        matches!(err, Error::BootTimeout { port: 1024, .. }),
+        matches!(err, VmError::BootTimeout { port: 1024, .. }),
         "{err}"
     );
     assert!(elapsed >= spec.boot_timeout, "gave up early: {elapsed:?}");
@@ -144,7 +144,7 @@ fn agent_with_bad_setting_powers_off_and_says_why() {
         .err()
         .unwrap();
     let text = err.to_string();
-    assert!(matches!(err, Error::GuestExited { .. }), "{text}");
+    assert!(matches!(err, VmError::GuestExited { .. }), "{text}");
     assert!(
         text.contains("firedoor.log=chatty: unknown log level"),
         "{text}"

@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{process::ManagedChild, Error, Result};
+use crate::{process::ManagedChild, Result, VmError};
 
 /// The hypervisor backends Firedoor can boot a guest with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,36 +119,39 @@ impl VmSpec {
     /// Checks what can be checked before anything is started.
     pub(crate) fn validate(&self) -> Result<()> {
         if !self.kernel.is_file() {
-            return Err(Error::KernelMissing(self.kernel.clone()));
+            return Err(VmError::KernelMissing(self.kernel.clone()));
         }
         if !self.initrd.is_file() {
-            return Err(Error::InitrdMissing(self.initrd.clone()));
+            return Err(VmError::InitrdMissing(self.initrd.clone()));
         }
         if !(1..=64).contains(&self.vcpus) {
-            return Err(Error::InvalidSpec(format!("vcpus = {} (1-64)", self.vcpus)));
+            return Err(VmError::InvalidSpec(format!(
+                "vcpus = {} (1-64)",
+                self.vcpus
+            )));
         }
         if !(64..=1024 * 1024).contains(&self.memory_mib) {
-            return Err(Error::InvalidSpec(format!(
+            return Err(VmError::InvalidSpec(format!(
                 "memory_mib = {} (64 MiB to 1 TiB)",
                 self.memory_mib
             )));
         }
         if self.huge_pages && !self.memory_mib.is_multiple_of(2) {
-            return Err(Error::InvalidSpec(format!(
+            return Err(VmError::InvalidSpec(format!(
                 "memory_mib = {} is not a whole number of 2 MiB huge pages",
                 self.memory_mib
             )));
         }
         if let Some(dir) = &self.shared_dir {
             if !dir.is_dir() {
-                return Err(Error::InvalidSpec(format!(
+                return Err(VmError::InvalidSpec(format!(
                     "shared directory {} does not exist",
                     dir.display()
                 )));
             }
         }
         if self.ready.vsock_port == 0 {
-            return Err(Error::InvalidSpec(
+            return Err(VmError::InvalidSpec(
                 "the readiness probe has no vsock port".into(),
             ));
         }
@@ -157,7 +160,7 @@ impl VmSpec {
             .iter()
             .find(|p| p.is_empty() || p.contains(char::is_whitespace))
         {
-            return Err(Error::InvalidSpec(format!(
+            return Err(VmError::InvalidSpec(format!(
                 "kernel parameter {bad:?} is empty or has spaces"
             )));
         }
@@ -167,6 +170,7 @@ impl VmSpec {
 
 /// The private directory of one VM: its sockets and logs. Removed with
 /// everything in it when dropped.
+#[derive(Debug)]
 pub struct RunDir {
     dir: tempfile::TempDir,
 }
@@ -180,7 +184,7 @@ pub(crate) const MAX_SOCKET_NAME: usize = 16;
 
 impl RunDir {
     pub(crate) fn create(base: &Path, name: Option<&str>) -> Result<Self> {
-        let err = |source| Error::RunDir {
+        let err = |source| VmError::RunDir {
             dir: base.to_owned(),
             source,
         };
@@ -225,6 +229,7 @@ impl RunDir {
 }
 
 /// The processes a backend started for one VM.
+#[derive(Debug)]
 pub struct Launch {
     /// The process that runs the guest; its exit is the VM's exit.
     pub vmm: ManagedChild,
@@ -253,7 +258,7 @@ mod tests {
         for kind in [BackendKind::Qemu, BackendKind::Builtin] {
             assert_eq!(kind.to_string().parse::<BackendKind>().unwrap(), kind);
         }
-        assert!("firecracker".parse::<BackendKind>().is_err());
+        "firecracker".parse::<BackendKind>().unwrap_err();
     }
 
     #[test]
@@ -317,7 +322,7 @@ mod tests {
         ];
         for spec in bad {
             assert!(
-                matches!(spec.validate(), Err(Error::InvalidSpec(_))),
+                matches!(spec.validate(), Err(VmError::InvalidSpec(_))),
                 "{spec:?}"
             );
         }

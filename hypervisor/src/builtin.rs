@@ -10,7 +10,7 @@ use crate::{
     host,
     process::ManagedChild,
     vhost_user::{fs_socket, start_virtiofsd, VIRTIOFSD},
-    Error, Result, SHARED_FS_TAG,
+    Result, VmError, SHARED_FS_TAG,
 };
 
 pub const FIREDOOR_VMM: &str = "firedoor-vmm";
@@ -26,7 +26,7 @@ impl BuiltinBackend {
     /// Finds `firedoor-vmm` (beside the current executable, on `PATH`, or in
     /// cargo's install directory).
     pub fn detect() -> Result<Self> {
-        let vmm = host::find_program(FIREDOOR_VMM).ok_or(Error::HelperMissing {
+        let vmm = host::find_program(FIREDOOR_VMM).ok_or(VmError::HelperMissing {
             name: FIREDOOR_VMM,
             hint: "it is built with the workspace: cargo build --workspace; install it beside firedoor",
         })?;
@@ -162,7 +162,7 @@ mod tests {
         let mut spec = VmSpec::new("/k", "/i");
         spec.shared_dir = Some("/srv/share".into());
         let err = backend().launch(&spec, &run_dir).err().unwrap();
-        assert!(matches!(err, Error::HelperMissing { .. }), "{err}");
+        assert!(matches!(err, VmError::HelperMissing { .. }), "{err}");
         assert!(err.to_string().contains("virtiofsd"), "{err}");
         assert!(!run_dir.log(FIREDOOR_VMM).exists());
     }

@@ -4,7 +4,7 @@ use crate::vsock::ConnectError;
 
 /// Why a microVM could not be started, reached or stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum VmError {
     #[error("guest kernel not found at {0}: build it with scripts/build-guest, or set its path in the config")]
     KernelMissing(PathBuf),
     #[error("guest initramfs not found at {0}: build it with scripts/build-guest, or set its path in the config")]
@@ -48,11 +48,11 @@ fn console_tail(console: &str) -> String {
     }
 }
 
-pub type Result<T> = std::result::Result<T, Error>;
+pub type Result<T> = std::result::Result<T, VmError>;
 
-impl From<ConnectError> for Error {
+impl From<ConnectError> for VmError {
     fn from(e: ConnectError) -> Self {
-        Error::Vsock(e)
+        VmError::Vsock(e)
     }
 }
 
@@ -62,7 +62,7 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for io::Result<T> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Io {
+        self.map_err(|source| VmError::Io {
             context: context(),
             source,
         })

@@ -9,7 +9,7 @@ use crate::{
     host::{self, KvmKind},
     process::ManagedChild,
     vhost_user::{fs_socket, start_vhost_user_daemon, start_virtiofsd},
-    Error, Result, SHARED_FS_TAG,
+    Result, VmError, SHARED_FS_TAG,
 };
 
 pub use crate::vhost_user::VIRTIOFSD;
@@ -63,11 +63,11 @@ impl QemuBackend {
     /// Finds QEMU and vhost-device-vsock and picks the accelerator for this
     /// host.
     pub fn detect() -> Result<Self> {
-        let qemu = host::find_program(QEMU).ok_or(Error::HelperMissing {
+        let qemu = host::find_program(QEMU).ok_or(VmError::HelperMissing {
             name: QEMU,
             hint: "install it with: apt-get install qemu-system-x86",
         })?;
-        let vhost_vsock = host::find_program(VHOST_VSOCK).ok_or(Error::HelperMissing {
+        let vhost_vsock = host::find_program(VHOST_VSOCK).ok_or(VmError::HelperMissing {
             name: VHOST_VSOCK,
             hint: "install it with: cargo install --locked vhost-device-vsock@0.3.0",
         })?;

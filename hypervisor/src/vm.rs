@@ -15,7 +15,7 @@ use crate::{
     error::IoContext,
     process::{tail_lines, ManagedChild},
     vsock::{ConnectError, GuestVsock},
-    Error, Result,
+    Result, VmError,
 };
 
 /// Console lines quoted in boot errors.
@@ -69,6 +69,7 @@ impl ConsoleWatch {
     }
 }
 
+#[derive(Debug)]
 pub struct MicroVm {
     kind: BackendKind,
     accelerator: &'static str,
@@ -118,7 +119,7 @@ impl MicroVm {
             self.check_alive()?;
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::BootTimeout {
+                return Err(VmError::BootTimeout {
                     port,
                     timeout,
                     console: self.console_tail(CONSOLE_TAIL_LINES),
@@ -136,7 +137,7 @@ impl MicroVm {
                     Err(e @ (ConnectError::NotListening { .. } | ConnectError::Timeout { .. })) => {
                         debug!("waiting for the guest: {e}");
                     }
-                    Err(e) => return Err(Error::Vsock(e)),
+                    Err(e) => return Err(VmError::Vsock(e)),
                 }
             }
             // Sleeps, but wakes at once if the VMM exits.
@@ -159,7 +160,7 @@ impl MicroVm {
             if !vmm_log.is_empty() {
                 console = format!("{console}\n{vmm_name}: {vmm_log}");
             }
-            return Err(Error::GuestExited {
+            return Err(VmError::GuestExited {
                 vmm: vmm_name,
                 status: status.to_string(),
                 console,
@@ -170,7 +171,7 @@ impl MicroVm {
                 .try_wait()
                 .context(|| format!("waiting for {}", helper.name()))?
             {
-                return Err(Error::HelperFailed {
+                return Err(VmError::HelperFailed {
                     name: helper.name().into(),
                     detail: format!("exited ({status}): {}", helper.log_tail(5)),
                 });

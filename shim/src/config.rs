@@ -280,7 +280,10 @@ mod tests {
 
     /// Field `n` holding `text`, as protobuf encodes a string.
     fn string_field(n: u8, text: &str) -> Vec<u8> {
-        let mut b = vec![n << 3 | 2, text.len() as u8];
+        let mut b = vec![
+            n << 3 | 2,
+            u8::try_from(text.len()).expect("a short string"),
+        ];
         b.extend_from_slice(text.as_bytes());
         b
     }

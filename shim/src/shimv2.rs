@@ -50,6 +50,15 @@ pub struct FiredoorShim {
     exit: Arc<ExitSignal>,
 }
 
+impl std::fmt::Debug for FiredoorShim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FiredoorShim")
+            .field("id", &self.id)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
 impl shim::Shim for FiredoorShim {
     type T = TaskService;
 

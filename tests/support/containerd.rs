@@ -15,6 +15,7 @@ use crate::{bin_dir, image, processes_mentioning};
 
 pub const RUNTIME: &str = "io.containerd.firedoor.v2";
 
+#[derive(Debug)]
 pub struct Containerd {
     dir: tempfile::TempDir,
     daemon: Option<ManagedChild>,
@@ -252,7 +253,7 @@ impl Drop for Containerd {
         }
         for pid in leftovers {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
+                nix::unistd::Pid::from_raw(pid.cast_signed()),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }

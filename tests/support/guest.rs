@@ -92,6 +92,7 @@ fn runc_spec(args: &[&str], capabilities: &[&str], resources: Option<&str>) -> V
 }
 
 /// A booted guest serving the agent API, with one sandbox created.
+#[derive(Debug)]
 pub struct Guest {
     pub sandbox: Sandbox,
     /// Deadline of every RPC.

@@ -30,6 +30,12 @@ pub struct GuestAgent {
     client: AgentClient,
 }
 
+impl std::fmt::Debug for GuestAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestAgent").finish_non_exhaustive()
+    }
+}
+
 impl GuestAgent {
     pub fn new(client: AgentClient) -> Self {
         GuestAgent { client }

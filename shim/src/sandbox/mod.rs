@@ -108,6 +108,14 @@ pub struct Sandbox {
     connect_stdio: StdioConnector,
 }
 
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("vmm_pid", &self.vm().vmm_pid())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Sandbox {
     /// Boots a VM running our agent and connects to it. Nothing is left
     /// running if this fails.

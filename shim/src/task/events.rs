@@ -43,6 +43,12 @@ pub struct Events {
     sink: Box<dyn EventSink>,
 }
 
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").finish_non_exhaustive()
+    }
+}
+
 impl Events {
     pub fn new(publisher: RemotePublisher, namespace: String) -> Self {
         Self::to_sink(Box::new(Containerd {

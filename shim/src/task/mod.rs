@@ -136,6 +136,15 @@ pub struct TaskService {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for TaskService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskService")
+            .field("namespace", &self.shared.namespace)
+            .field("state_dir", &self.shared.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TaskService {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         TaskService { shared }
