@@ -65,7 +65,7 @@ impl shim::Shim for FiredoorShim {
     fn new(_runtime_id: &str, args: &Flags, shim_config: &mut ShimConfig) -> Self {
         let config = Config::load().map_err(|e| format!("{e:#}"));
         if let Ok(config) = &config {
-            shim_config.default_log_level = config.log_level.clone();
+            shim_config.default_log_level = config.log_level.as_str().to_ascii_lowercase();
         }
         FiredoorShim {
             id: args.id.clone(),

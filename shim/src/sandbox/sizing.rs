@@ -75,8 +75,8 @@ pub(super) fn vm_spec(
     state_dir: &Path,
     first: &FirstContainer,
 ) -> anyhow::Result<VmSpec> {
-    let kernel = assets::find_kernel(Config::explicit(&config.kernel)).path();
-    let initrd = assets::find_initrd(Config::explicit(&config.initrd)).path();
+    let kernel = assets::find_kernel(config.kernel.as_deref()).path();
+    let initrd = assets::find_initrd(config.initrd.as_deref()).path();
     let mut spec = VmSpec::new(kernel, initrd);
     spec.vcpus = config.vcpus;
     spec.memory_mib = memory_mib(config.memory_mib, first.memory_limit_mib);
@@ -84,7 +84,7 @@ pub(super) fn vm_spec(
     if spec.huge_pages {
         spec.memory_mib = spec.memory_mib.next_multiple_of(2);
     }
-    spec.boot_timeout = config.boot_timeout();
+    spec.boot_timeout = config.boot_timeout;
     spec.kernel_params = config.kernel_params.clone();
     spec.run_base = state_dir.to_owned();
     // Short: the state dir of a CRI sandbox is already ~90 bytes long.
