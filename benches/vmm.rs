@@ -14,6 +14,8 @@
 //! figure is the VMM's RSS plus the supervisor's private pages) and without
 //! (`--no-jail`).
 
+// vmm's own file: its casts are checked where vmm's lints apply.
+#[allow(clippy::cast_possible_truncation)]
 #[path = "../vmm/src/test_utils.rs"]
 mod test_utils;
 
@@ -102,7 +104,7 @@ fn private_kib(pid: u32) -> u64 {
 }
 
 fn stop(mut child: Child) {
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let _ = kill(Pid::from_raw(child.id().cast_signed()), Signal::SIGTERM);
     let status = child.wait().expect("wait for firedoor-vmm");
     assert!(status.success(), "firedoor-vmm exited with {status}");
 }

@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{process::ManagedChild, Error, Result};
+use crate::{process::ManagedChild, Result, VmError};
 
 /// The hypervisor backends Firedoor can boot a guest with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +36,23 @@ impl FromStr for BackendKind {
     }
 }
 
+/// Guest CID on the VM's private vsock device (each VM has its own vsock
+/// backend and socket, so the CID need not be unique on the host).
+pub(crate) const GUEST_CID: u32 = 3;
+
+/// How [`crate::MicroVm::start`] knows the guest is up: a vsock port that
+/// accepts a connection, and optionally a console line printed first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadinessProbe {
+    /// The guest vsock port that accepts a connection once the guest is
+    /// ready; that first connection is handed to the caller.
+    pub vsock_port: u32,
+    /// A line the guest prints on its console once `vsock_port` listens;
+    /// when set, the host connects only after seeing it (or after half the
+    /// boot timeout, for a guest that never prints it).
+    pub console_marker: Option<String>,
+}
+
 /// What to boot and with how much.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
@@ -48,9 +65,9 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Guest RAM from the host's 2 MiB huge pages (`memory_mib` must be even).
     pub huge_pages: bool,
-    /// vsock port the guest agent listens on.
-    pub agent_port: u32,
-    /// From launch to the agent accepting a connection.
+    /// When the guest counts as booted.
+    pub ready: ReadinessProbe,
+    /// From launch to the readiness probe's connection.
     pub boot_timeout: Duration,
     /// Parent directory of the VM's run directory (sockets, logs).
     pub run_base: PathBuf,
@@ -61,15 +78,12 @@ pub struct VmSpec {
     /// A host directory shared with the guest over virtio-fs, tag
     /// [`SHARED_FS_TAG`](crate::SHARED_FS_TAG) (container rootfs, volumes).
     pub shared_dir: Option<PathBuf>,
-    /// A line the guest prints on its console once its agent listens; when
-    /// set, the host connects only after seeing it (or after half the boot
-    /// timeout, for a guest that never prints it).
-    pub ready_marker: Option<String>,
 }
 
 impl VmSpec {
-    /// A 1-vCPU, 256 MiB guest with the default agent port and a 30 s boot
-    /// timeout (software emulation on a loaded machine is slow).
+    /// A 1-vCPU, 256 MiB guest with a 30 s boot timeout (software emulation
+    /// on a loaded machine is slow). The readiness probe is left for the
+    /// caller, who knows what runs in the guest.
     pub fn new(kernel: impl Into<PathBuf>, initrd: impl Into<PathBuf>) -> Self {
         VmSpec {
             kernel: kernel.into(),
@@ -78,59 +92,75 @@ impl VmSpec {
             vcpus: 1,
             memory_mib: 256,
             huge_pages: false,
-            agent_port: 1024,
+            ready: ReadinessProbe::default(),
             boot_timeout: Duration::from_secs(30),
             run_base: std::env::temp_dir(),
             run_dir_name: None,
             shared_dir: None,
-            ready_marker: None,
         }
+    }
+
+    /// The guest kernel command line: the base every backend boots with
+    /// (serial console, `reboot=<reboot>` so that a reboot ends the VMM,
+    /// `panic=-1` so that a panic does too), then [`VmSpec::kernel_params`].
+    pub(crate) fn cmdline(&self, reboot: &str) -> String {
+        let base = [
+            "console=ttyS0".to_string(),
+            format!("reboot={reboot}"),
+            "panic=-1".into(),
+            "quiet".into(),
+        ];
+        base.into_iter()
+            .chain(self.kernel_params.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// Checks what can be checked before anything is started.
     pub(crate) fn validate(&self) -> Result<()> {
         if !self.kernel.is_file() {
-            return Err(Error::KernelMissing(self.kernel.clone()));
+            return Err(VmError::KernelMissing(self.kernel.clone()));
         }
         if !self.initrd.is_file() {
-            return Err(Error::InitrdMissing(self.initrd.clone()));
+            return Err(VmError::InitrdMissing(self.initrd.clone()));
         }
         if !(1..=64).contains(&self.vcpus) {
-            return Err(Error::InvalidSpec(format!("vcpus = {} (1-64)", self.vcpus)));
+            return Err(VmError::InvalidSpec(format!(
+                "vcpus = {} (1-64)",
+                self.vcpus
+            )));
         }
         if !(64..=1024 * 1024).contains(&self.memory_mib) {
-            return Err(Error::InvalidSpec(format!(
+            return Err(VmError::InvalidSpec(format!(
                 "memory_mib = {} (64 MiB to 1 TiB)",
                 self.memory_mib
             )));
         }
         if self.huge_pages && !self.memory_mib.is_multiple_of(2) {
-            return Err(Error::InvalidSpec(format!(
+            return Err(VmError::InvalidSpec(format!(
                 "memory_mib = {} is not a whole number of 2 MiB huge pages",
                 self.memory_mib
             )));
         }
         if let Some(dir) = &self.shared_dir {
             if !dir.is_dir() {
-                return Err(Error::InvalidSpec(format!(
+                return Err(VmError::InvalidSpec(format!(
                     "shared directory {} does not exist",
                     dir.display()
                 )));
             }
         }
-        // The stdio port is agent port + 1, so the last port is not usable.
-        if self.agent_port == 0 || self.agent_port >= u32::MAX - 1 {
-            return Err(Error::InvalidSpec(format!(
-                "agent port {}",
-                self.agent_port
-            )));
+        if self.ready.vsock_port == 0 {
+            return Err(VmError::InvalidSpec(
+                "the readiness probe has no vsock port".into(),
+            ));
         }
         if let Some(bad) = self
             .kernel_params
             .iter()
             .find(|p| p.is_empty() || p.contains(char::is_whitespace))
         {
-            return Err(Error::InvalidSpec(format!(
+            return Err(VmError::InvalidSpec(format!(
                 "kernel parameter {bad:?} is empty or has spaces"
             )));
         }
@@ -140,6 +170,7 @@ impl VmSpec {
 
 /// The private directory of one VM: its sockets and logs. Removed with
 /// everything in it when dropped.
+#[derive(Debug)]
 pub struct RunDir {
     dir: tempfile::TempDir,
 }
@@ -153,7 +184,7 @@ pub(crate) const MAX_SOCKET_NAME: usize = 16;
 
 impl RunDir {
     pub(crate) fn create(base: &Path, name: Option<&str>) -> Result<Self> {
-        let err = |source| Error::RunDir {
+        let err = |source| VmError::RunDir {
             dir: base.to_owned(),
             source,
         };
@@ -198,6 +229,7 @@ impl RunDir {
 }
 
 /// The processes a backend started for one VM.
+#[derive(Debug)]
 pub struct Launch {
     /// The process that runs the guest; its exit is the VM's exit.
     pub vmm: ManagedChild,
@@ -226,7 +258,7 @@ mod tests {
         for kind in [BackendKind::Qemu, BackendKind::Builtin] {
             assert_eq!(kind.to_string().parse::<BackendKind>().unwrap(), kind);
         }
-        assert!("firecracker".parse::<BackendKind>().is_err());
+        "firecracker".parse::<BackendKind>().unwrap_err();
     }
 
     #[test]
@@ -263,7 +295,8 @@ mod tests {
     #[test]
     fn validate_rejects_bad_sizes_and_params() {
         let file = tempfile::NamedTempFile::new().unwrap();
-        let ok = VmSpec::new(file.path(), file.path());
+        let mut ok = VmSpec::new(file.path(), file.path());
+        ok.ready.vsock_port = 1024;
         ok.validate().unwrap();
         let bad = [
             VmSpec {
@@ -275,7 +308,7 @@ mod tests {
                 ..ok.clone()
             },
             VmSpec {
-                agent_port: 0,
+                ready: ReadinessProbe::default(),
                 ..ok.clone()
             },
             VmSpec {
@@ -289,7 +322,7 @@ mod tests {
         ];
         for spec in bad {
             assert!(
-                matches!(spec.validate(), Err(Error::InvalidSpec(_))),
+                matches!(spec.validate(), Err(VmError::InvalidSpec(_))),
                 "{spec:?}"
             );
         }

@@ -6,18 +6,14 @@
 use std::{path::PathBuf, process::Command};
 
 use crate::{
-    backend::{Backend, BackendKind, Launch, RunDir, VmSpec},
+    backend::{Backend, BackendKind, Launch, RunDir, VmSpec, GUEST_CID},
     host,
     process::ManagedChild,
     vhost_user::{fs_socket, start_virtiofsd, VIRTIOFSD},
-    Error, Result, SHARED_FS_TAG,
+    Result, VmError, SHARED_FS_TAG,
 };
 
 pub const FIREDOOR_VMM: &str = "firedoor-vmm";
-
-/// Guest CID on the VM's private vsock device (each VM has its own VMM and
-/// socket, so the CID need not be unique on the host).
-const GUEST_CID: u32 = 3;
 
 #[derive(Debug, Clone)]
 pub struct BuiltinBackend {
@@ -30,7 +26,7 @@ impl BuiltinBackend {
     /// Finds `firedoor-vmm` (beside the current executable, on `PATH`, or in
     /// cargo's install directory).
     pub fn detect() -> Result<Self> {
-        let vmm = host::find_program(FIREDOOR_VMM).ok_or(Error::HelperMissing {
+        let vmm = host::find_program(FIREDOOR_VMM).ok_or(VmError::HelperMissing {
             name: FIREDOOR_VMM,
             hint: "it is built with the workspace: cargo build --workspace; install it beside firedoor",
         })?;
@@ -44,23 +40,15 @@ impl BuiltinBackend {
     /// `run_dir`.
     pub fn vmm_args(&self, spec: &VmSpec, run_dir: &RunDir) -> Vec<String> {
         // reboot=k: the agent's reboot(2) resets through the i8042, which
-        // ends the VMM with status 0. panic=-1 turns a guest panic into
-        // that same reset instead of a hang.
-        let mut cmdline = vec![
-            "console=ttyS0".to_string(),
-            "reboot=k".into(),
-            "panic=-1".into(),
-            "quiet".into(),
-            format!("firedoor.port={}", spec.agent_port),
-        ];
-        cmdline.extend(spec.kernel_params.iter().cloned());
+        // ends the VMM with status 0.
+        let cmdline = spec.cmdline("k");
         let mut args = vec![
             "--kernel".into(),
             spec.kernel.display().to_string(),
             "--initrd".into(),
             spec.initrd.display().to_string(),
             "--cmdline".into(),
-            cmdline.join(" "),
+            cmdline,
             "--vcpus".into(),
             spec.vcpus.to_string(),
             "--memory-mib".into(),
@@ -130,8 +118,7 @@ mod tests {
         let mut spec = VmSpec::new("/k/vmlinux", "/k/initramfs.img");
         spec.vcpus = 2;
         spec.memory_mib = 512;
-        spec.agent_port = 2000;
-        spec.kernel_params = vec!["firedoor.log=debug".into()];
+        spec.kernel_params = vec!["firedoor.port=2000".into(), "firedoor.log=debug".into()];
         let args = backend().vmm_args(&spec, &run_dir);
         let value = |flag: &str| {
             let i = args.iter().position(|a| a == flag).expect(flag);
@@ -175,7 +162,7 @@ mod tests {
         let mut spec = VmSpec::new("/k", "/i");
         spec.shared_dir = Some("/srv/share".into());
         let err = backend().launch(&spec, &run_dir).err().unwrap();
-        assert!(matches!(err, Error::HelperMissing { .. }), "{err}");
+        assert!(matches!(err, VmError::HelperMissing { .. }), "{err}");
         assert!(err.to_string().contains("virtiofsd"), "{err}");
         assert!(!run_dir.log(FIREDOOR_VMM).exists());
     }

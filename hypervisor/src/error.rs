@@ -1,8 +1,10 @@
 use std::{io, path::PathBuf, time::Duration};
 
+use crate::vsock::ConnectError;
+
 /// Why a microVM could not be started, reached or stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum VmError {
     #[error("guest kernel not found at {0}: build it with scripts/build-guest, or set its path in the config")]
     KernelMissing(PathBuf),
     #[error("guest initramfs not found at {0}: build it with scripts/build-guest, or set its path in the config")]
@@ -33,7 +35,7 @@ pub enum Error {
         console: String,
     },
     #[error("hybrid vsock: {0}")]
-    Vsock(String),
+    Vsock(ConnectError),
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
 }
@@ -46,7 +48,13 @@ fn console_tail(console: &str) -> String {
     }
 }
 
-pub type Result<T> = std::result::Result<T, Error>;
+pub type Result<T> = std::result::Result<T, VmError>;
+
+impl From<ConnectError> for VmError {
+    fn from(e: ConnectError) -> Self {
+        VmError::Vsock(e)
+    }
+}
 
 pub(crate) trait IoContext<T> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T>;
@@ -54,7 +62,7 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for io::Result<T> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Io {
+        self.map_err(|source| VmError::Io {
             context: context(),
             source,
         })

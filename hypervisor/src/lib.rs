@@ -16,9 +16,9 @@ pub mod vhost_user;
 mod vm;
 pub mod vsock;
 
-pub use backend::{Backend, BackendKind, Launch, RunDir, VmSpec};
+pub use backend::{Backend, BackendKind, Launch, ReadinessProbe, RunDir, VmSpec};
 pub use builtin::BuiltinBackend;
-pub use error::{Error, Result};
+pub use error::{Result, VmError};
 pub use qemu::QemuBackend;
 pub use vm::MicroVm;
 

@@ -20,9 +20,10 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::{Error, Result};
+use crate::{Result, VmError};
 
 /// A running child process that is ours to stop.
+#[derive(Debug)]
 pub struct ManagedChild {
     name: String,
     child: Child,
@@ -38,7 +39,7 @@ impl ManagedChild {
     /// (or inherited when `None`), in its own process group (so a terminal's
     /// Ctrl-C reaches us, not it) and set to die with the spawning thread.
     pub fn spawn(name: &str, cmd: &mut Command, log: Option<&Path>) -> Result<Self> {
-        let spawn_err = |source| Error::Spawn {
+        let spawn_err = |source| VmError::Spawn {
             name: name.into(),
             source,
         };
@@ -104,8 +105,9 @@ impl ManagedChild {
             if left.is_zero() {
                 return Ok(None);
             }
-            let ms = PollTimeout::try_from(left.as_millis().clamp(1, i32::MAX as u128) as i32)
-                .unwrap_or(PollTimeout::MAX);
+            let ms =
+                PollTimeout::try_from(i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1))
+                    .unwrap_or(PollTimeout::MAX);
             let mut fds = [PollFd::new(
                 std::os::fd::AsFd::as_fd(&self.pidfd),
                 PollFlags::POLLIN,
@@ -162,7 +164,7 @@ impl ManagedChild {
     fn signal(&self, signal: Signal) {
         // The child is not reaped yet (exited is None), so the PID cannot
         // have been reused.
-        if let Err(e) = kill(Pid::from_raw(self.pid() as i32), signal) {
+        if let Err(e) = kill(Pid::from_raw(self.pid().cast_signed()), signal) {
             debug!("{signal} to {} (pid {}): {e}", self.name, self.pid());
         }
     }
@@ -265,12 +267,14 @@ fn wait_all_exited(pidfds: &[OwnedFd], timeout: Duration) -> bool {
 fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
     // or -1; it reads or writes no memory of ours.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.cast_signed(), 0) };
+    if ret < 0 {
         return Err(io::Error::last_os_error());
     }
+    let fd =
+        i32::try_from(ret).map_err(|_| io::Error::other("pidfd_open: descriptor out of range"))?;
     // SAFETY: fd is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     debug_assert!(fd.as_raw_fd() >= 0);
     Ok(fd)
 }
@@ -303,7 +307,7 @@ mod tests {
         let status = child.terminate(Duration::from_secs(5)).unwrap();
         assert!(!status.success());
         // Reaped: the PID is gone.
-        assert!(kill(Pid::from_raw(child.pid() as i32), None).is_err());
+        assert!(kill(Pid::from_raw(child.pid().cast_signed()), None).is_err());
     }
 
     #[test]
@@ -327,7 +331,7 @@ mod tests {
     #[test]
     fn drop_kills_and_reaps() {
         let child = ManagedChild::spawn("sleep", Command::new("sleep").arg("30"), None).unwrap();
-        let pid = Pid::from_raw(child.pid() as i32);
+        let pid = Pid::from_raw(child.pid().cast_signed());
         drop(child);
         assert!(kill(pid, None).is_err(), "child still exists after drop");
     }

@@ -5,11 +5,11 @@
 use std::{path::PathBuf, process::Command};
 
 use crate::{
-    backend::{Backend, BackendKind, Launch, RunDir, VmSpec},
+    backend::{Backend, BackendKind, Launch, RunDir, VmSpec, GUEST_CID},
     host::{self, KvmKind},
     process::ManagedChild,
     vhost_user::{fs_socket, start_vhost_user_daemon, start_virtiofsd},
-    Error, Result, SHARED_FS_TAG,
+    Result, VmError, SHARED_FS_TAG,
 };
 
 pub use crate::vhost_user::VIRTIOFSD;
@@ -43,10 +43,6 @@ impl Accel {
     }
 }
 
-/// Guest CID on the VM's private vsock device (each VM has its own
-/// vhost-device-vsock, so the CID need not be unique on the host).
-const GUEST_CID: u32 = 3;
-
 /// The receive window vhost-device-vsock grants each guest connection. The
 /// guest never sends a packet larger than its credit, and Linux (6.12.y)
 /// sends payloads over about 32 KiB as page fragments over several
@@ -67,11 +63,11 @@ impl QemuBackend {
     /// Finds QEMU and vhost-device-vsock and picks the accelerator for this
     /// host.
     pub fn detect() -> Result<Self> {
-        let qemu = host::find_program(QEMU).ok_or(Error::HelperMissing {
+        let qemu = host::find_program(QEMU).ok_or(VmError::HelperMissing {
             name: QEMU,
             hint: "install it with: apt-get install qemu-system-x86",
         })?;
-        let vhost_vsock = host::find_program(VHOST_VSOCK).ok_or(Error::HelperMissing {
+        let vhost_vsock = host::find_program(VHOST_VSOCK).ok_or(VmError::HelperMissing {
             name: VHOST_VSOCK,
             hint: "install it with: cargo install --locked vhost-device-vsock@0.3.0",
         })?;
@@ -91,16 +87,8 @@ impl QemuBackend {
             Accel::Tcg => "max",
         };
         // reboot=t: microvm has no keyboard controller, so reset by triple
-        // fault; with -no-reboot QEMU then exits. panic=-1 turns a guest
-        // panic into that same reset instead of a hang.
-        let mut cmdline = vec![
-            "console=ttyS0".to_string(),
-            "reboot=t".into(),
-            "panic=-1".into(),
-            "quiet".into(),
-            format!("firedoor.port={}", spec.agent_port),
-        ];
-        cmdline.extend(spec.kernel_params.iter().cloned());
+        // fault; with -no-reboot QEMU then exits.
+        let cmdline = spec.cmdline("t");
         let mut args: Vec<String> = [
             // acpi=off: only then does QEMU put virtio_mmio.device= on the
             // kernel command line; our kernel has no ACPI.
@@ -147,7 +135,7 @@ impl QemuBackend {
             "-initrd".into(),
             spec.initrd.display().to_string(),
             "-append".into(),
-            cmdline.join(" "),
+            cmdline,
             "-serial".into(),
             format!("file:{}", run_dir.console_log().display()),
             "-chardev".into(),
@@ -228,8 +216,7 @@ mod tests {
         let mut spec = VmSpec::new("/k", "/i");
         spec.memory_mib = 512;
         spec.vcpus = 2;
-        spec.agent_port = 2000;
-        spec.kernel_params = vec!["firedoor.log=debug".into()];
+        spec.kernel_params = vec!["firedoor.port=2000".into(), "firedoor.log=debug".into()];
         let args = backend.qemu_args(&spec, &run_dir);
         let joined = args.join(" ");
         assert!(

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{backend::RunDir, process::ManagedChild, Error, Result};
+use crate::{backend::RunDir, process::ManagedChild, Result, VmError};
 
 pub const VIRTIOFSD: &str = "virtiofsd";
 
@@ -28,7 +28,7 @@ pub fn start_virtiofsd(
     shared_dir: &Path,
     run_dir: &RunDir,
 ) -> Result<ManagedChild> {
-    let virtiofsd = virtiofsd.ok_or(Error::HelperMissing {
+    let virtiofsd = virtiofsd.ok_or(VmError::HelperMissing {
         name: VIRTIOFSD,
         hint: "needed for a shared directory; install it with: cargo install --locked virtiofsd@1.14.0",
     })?;
@@ -81,8 +81,8 @@ pub fn start_vhost_user_daemon(
     Ok(daemon)
 }
 
-fn helper_failed(name: &str, detail: String) -> Error {
-    Error::HelperFailed {
+fn helper_failed(name: &str, detail: String) -> VmError {
+    VmError::HelperFailed {
         name: name.into(),
         detail,
     }

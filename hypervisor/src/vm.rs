@@ -14,8 +14,8 @@ use crate::{
     backend::{Backend, BackendKind, RunDir, VmSpec},
     error::IoContext,
     process::{tail_lines, ManagedChild},
-    vsock::{self, ConnectError},
-    Error, Result,
+    vsock::{ConnectError, GuestVsock},
+    Result, VmError,
 };
 
 /// Console lines quoted in boot errors.
@@ -69,6 +69,7 @@ impl ConsoleWatch {
     }
 }
 
+#[derive(Debug)]
 pub struct MicroVm {
     kind: BackendKind,
     accelerator: &'static str,
@@ -80,8 +81,9 @@ pub struct MicroVm {
 }
 
 impl MicroVm {
-    /// Boots `spec` with `backend` and waits until the guest agent accepts a
-    /// connection on `spec.agent_port`; returns the VM and that connection.
+    /// Boots `spec` with `backend` and waits until the guest passes
+    /// `spec.ready` (accepts a connection on its vsock port); returns the VM
+    /// and that connection.
     /// On any error everything started so far is stopped and removed.
     pub fn start(backend: &dyn Backend, spec: &VmSpec) -> Result<(MicroVm, UnixStream)> {
         spec.validate()?;
@@ -109,15 +111,15 @@ impl MicroVm {
     }
 
     fn wait_for_agent(&mut self, spec: &VmSpec, started: Instant) -> Result<UnixStream> {
-        let (port, timeout) = (spec.agent_port, spec.boot_timeout);
+        let (port, timeout) = (spec.ready.vsock_port, spec.boot_timeout);
         let deadline = started + timeout;
-        let mut marker = spec.ready_marker.as_deref().map(ConsoleWatch::new);
-        let uds = self.run_dir.vsock_uds();
+        let mut marker = spec.ready.console_marker.as_deref().map(ConsoleWatch::new);
+        let vsock = self.vsock();
         loop {
             self.check_alive()?;
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::BootTimeout {
+                return Err(VmError::BootTimeout {
                     port,
                     timeout,
                     console: self.console_tail(CONSOLE_TAIL_LINES),
@@ -130,12 +132,12 @@ impl MicroVm {
                 None => false,
             };
             if !waiting_for_marker {
-                match vsock::connect(&uds, port, left.min(CONNECT_ATTEMPT_TIMEOUT)) {
+                match vsock.connect(port, left.min(CONNECT_ATTEMPT_TIMEOUT)) {
                     Ok(stream) => return Ok(stream),
                     Err(e @ (ConnectError::NotListening { .. } | ConnectError::Timeout { .. })) => {
-                        debug!("waiting for the agent: {e}");
+                        debug!("waiting for the guest: {e}");
                     }
-                    Err(e) => return Err(Error::Vsock(e.to_string())),
+                    Err(e) => return Err(VmError::Vsock(e)),
                 }
             }
             // Sleeps, but wakes at once if the VMM exits.
@@ -158,7 +160,7 @@ impl MicroVm {
             if !vmm_log.is_empty() {
                 console = format!("{console}\n{vmm_name}: {vmm_log}");
             }
-            return Err(Error::GuestExited {
+            return Err(VmError::GuestExited {
                 vmm: vmm_name,
                 status: status.to_string(),
                 console,
@@ -169,7 +171,7 @@ impl MicroVm {
                 .try_wait()
                 .context(|| format!("waiting for {}", helper.name()))?
             {
-                return Err(Error::HelperFailed {
+                return Err(VmError::HelperFailed {
                     name: helper.name().into(),
                     detail: format!("exited ({status}): {}", helper.log_tail(5)),
                 });
@@ -178,11 +180,16 @@ impl MicroVm {
         Ok(())
     }
 
-    /// Opens another stream to a guest vsock port (the agent's side must be
+    /// Opens another stream to a guest vsock port (the guest's side must be
     /// listening already).
     pub fn connect(&self, port: u32, timeout: Duration) -> Result<UnixStream> {
-        vsock::connect(&self.run_dir.vsock_uds(), port, timeout)
-            .map_err(|e| Error::Vsock(e.to_string()))
+        Ok(self.vsock().connect(port, timeout)?)
+    }
+
+    /// The way in to the guest's vsock, for opening streams without
+    /// holding the VM.
+    pub fn vsock(&self) -> GuestVsock {
+        GuestVsock::new(self.run_dir.vsock_uds())
     }
 
     /// Waits up to `timeout` for the guest to end (power-off, reset, panic).

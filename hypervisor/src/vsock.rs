@@ -7,9 +7,27 @@
 use std::{
     io::{self, Read, Write},
     os::unix::net::UnixStream,
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
+
+/// The way in to one VM's guest vsock: its hybrid-vsock Unix socket.
+/// Cheap to clone, so that streams can be opened without holding the VM.
+#[derive(Debug, Clone)]
+pub struct GuestVsock {
+    uds: PathBuf,
+}
+
+impl GuestVsock {
+    pub(crate) fn new(uds: PathBuf) -> Self {
+        GuestVsock { uds }
+    }
+
+    /// Opens one stream to guest `port`; see [`connect`].
+    pub fn connect(&self, port: u32, timeout: Duration) -> Result<UnixStream, ConnectError> {
+        connect(&self.uds, port, timeout)
+    }
+}
 
 /// The longest reply we accept: "OK " + a u32 + "\n" fits easily.
 const MAX_REPLY: usize = 32;

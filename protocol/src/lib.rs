@@ -15,6 +15,10 @@ pub mod agent_ttrpc {
 
 pub mod stdio;
 
+/// Where the guest mounts the directory the host shares with it (virtio-fs):
+/// each container's rootfs and bind-mount sources are below it.
+pub const GUEST_SHARED_DIR: &str = "/run/firedoor/shared";
+
 /// vsock port the agent listens on unless the kernel command line says otherwise.
 pub const DEFAULT_AGENT_PORT: u32 = 1024;
 
@@ -32,4 +36,9 @@ pub mod cmdline {
     pub const PORT: &str = "firedoor.port";
     /// Agent log level: error, warn, info, debug, trace.
     pub const LOG: &str = "firedoor.log";
+
+    /// The kernel parameter that puts the agent on vsock `port`.
+    pub fn port_param(port: u32) -> String {
+        format!("{PORT}={port}")
+    }
 }

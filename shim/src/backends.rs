@@ -6,6 +6,23 @@ use firedoor_hypervisor::{
 
 use crate::config::Config;
 
+/// The backend `config` names, or for "auto" the built-in VMM (with
+/// virtio-fs for the containers' share) on hardware KVM, QEMU elsewhere.
+pub fn for_config(config: &Config) -> anyhow::Result<Box<dyn Backend>> {
+    let kvm = host::probe_kvm();
+    let kind = match config.backend_kind() {
+        Some(kind) => kind,
+        None => default_kind(&kvm),
+    };
+    let backend = create_with(kind, &kvm, config)?;
+    log::info!(
+        "booting the sandbox VM with the {} backend ({})",
+        backend.kind(),
+        backend.accelerator()
+    );
+    Ok(backend)
+}
+
 /// The backend to use when none is named: the built-in VMM on hardware KVM
 /// when `firedoor-vmm` is installed, otherwise QEMU (with KVM or TCG as the
 /// host allows).
@@ -46,10 +63,7 @@ pub fn create_with(
 ) -> anyhow::Result<Box<dyn Backend>> {
     match kind {
         BackendKind::Qemu => {
-            let mut backend = match (
-                Config::explicit(&config.qemu),
-                Config::explicit(&config.vhost_device_vsock),
-            ) {
+            let mut backend = match (config.qemu.as_deref(), config.vhost_device_vsock.as_deref()) {
                 (Some(qemu), Some(vsock)) => QemuBackend {
                     qemu: qemu.into(),
                     vhost_vsock: vsock.into(),
@@ -58,17 +72,15 @@ pub fn create_with(
                 },
                 _ => QemuBackend::detect()?,
             };
-            if let Some(qemu) = Config::explicit(&config.qemu) {
+            if let Some(qemu) = config.qemu.as_deref() {
                 backend.qemu = qemu.into();
             }
-            if let Some(vsock) = Config::explicit(&config.vhost_device_vsock) {
+            if let Some(vsock) = config.vhost_device_vsock.as_deref() {
                 backend.vhost_vsock = vsock.into();
             }
-            backend.virtiofsd = Config::explicit(&config.virtiofsd)
-                .map(Into::into)
-                .or_else(|| {
-                    firedoor_hypervisor::host::find_program(firedoor_hypervisor::qemu::VIRTIOFSD)
-                });
+            backend.virtiofsd = config.virtiofsd.clone().or_else(|| {
+                firedoor_hypervisor::host::find_program(firedoor_hypervisor::qemu::VIRTIOFSD)
+            });
             Ok(Box::new(backend))
         }
         BackendKind::Builtin => match unusable_reason(kind, kvm) {
@@ -77,8 +89,8 @@ pub fn create_with(
             )),
             None => {
                 let mut backend = BuiltinBackend::detect()?;
-                if let Some(virtiofsd) = Config::explicit(&config.virtiofsd) {
-                    backend.virtiofsd = Some(virtiofsd.into());
+                if let Some(virtiofsd) = &config.virtiofsd {
+                    backend.virtiofsd = Some(virtiofsd.clone());
                 }
                 Ok(Box::new(backend))
             }

@@ -11,7 +11,8 @@ use std::{
 
 use anyhow::Context;
 use firedoor_hypervisor::BackendKind;
-use serde::Deserialize;
+use log::LevelFilter;
+use serde::{de, Deserialize, Deserializer};
 
 /// The whole file. Example (all keys, with their defaults):
 ///
@@ -32,37 +33,95 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    pub backend: String,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
+    #[serde(deserialize_with = "backend")]
+    pub backend: BackendChoice,
+    /// `None` (the file's `""`): searched.
+    #[serde(deserialize_with = "optional_path")]
+    pub kernel: Option<PathBuf>,
+    #[serde(deserialize_with = "optional_path")]
+    pub initrd: Option<PathBuf>,
     pub vcpus: u32,
     pub memory_mib: u32,
     pub hugepages: bool,
-    pub boot_timeout_secs: f64,
-    pub log_level: String,
+    /// Written in seconds (`boot_timeout_secs = 30`, fractions allowed).
+    #[serde(rename = "boot_timeout_secs", deserialize_with = "seconds")]
+    pub boot_timeout: Duration,
+    #[serde(deserialize_with = "level")]
+    pub log_level: LevelFilter,
     pub kernel_params: Vec<String>,
-    pub qemu: PathBuf,
-    pub vhost_device_vsock: PathBuf,
-    pub virtiofsd: PathBuf,
+    /// Helper binaries; `None`: searched.
+    #[serde(deserialize_with = "optional_path")]
+    pub qemu: Option<PathBuf>,
+    #[serde(deserialize_with = "optional_path")]
+    pub vhost_device_vsock: Option<PathBuf>,
+    #[serde(deserialize_with = "optional_path")]
+    pub virtiofsd: Option<PathBuf>,
+}
+
+/// The `backend` key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// The built-in VMM on hardware KVM (when installed), else QEMU.
+    #[default]
+    Auto,
+    Named(BackendKind),
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            backend: "auto".into(),
-            kernel: PathBuf::new(),
-            initrd: PathBuf::new(),
+            backend: BackendChoice::Auto,
+            kernel: None,
+            initrd: None,
             vcpus: 1,
             memory_mib: 256,
             hugepages: false,
-            boot_timeout_secs: 30.0,
-            log_level: "info".into(),
+            boot_timeout: Duration::from_secs(30),
+            log_level: LevelFilter::Info,
             kernel_params: Vec::new(),
-            qemu: PathBuf::new(),
-            vhost_device_vsock: PathBuf::new(),
-            virtiofsd: PathBuf::new(),
+            qemu: None,
+            vhost_device_vsock: None,
+            virtiofsd: None,
         }
     }
+}
+
+/// `"auto"` (or `""`), `"qemu"`, `"builtin"`.
+fn backend<'de, D: Deserializer<'de>>(d: D) -> Result<BackendChoice, D::Error> {
+    match String::deserialize(d)?.as_str() {
+        "auto" | "" => Ok(BackendChoice::Auto),
+        other => other
+            .parse()
+            .map(BackendChoice::Named)
+            .map_err(|e| de::Error::custom(format!("{e} (or auto)"))),
+    }
+}
+
+/// A path; `""` means unset.
+fn optional_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let path = PathBuf::deserialize(d)?;
+    Ok((!path.as_os_str().is_empty()).then_some(path))
+}
+
+/// A positive number of seconds up to an hour.
+fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let secs = f64::deserialize(d)?;
+    if !(secs > 0.0 && secs <= 3600.0) {
+        return Err(de::Error::custom(format!(
+            "boot_timeout_secs = {secs}: use a positive number of seconds up to 3600"
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// error, warn, info, debug or trace (any case).
+fn level<'de, D: Deserializer<'de>>(d: D) -> Result<LevelFilter, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        de::Error::custom(format!(
+            "log_level = {text:?}: use error, warn, info, debug or trace"
+        ))
+    })
 }
 
 pub const DEFAULT_PATH: &str = "/etc/firedoor/config.toml";
@@ -164,7 +223,6 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        self.backend_kind()?;
         anyhow::ensure!(
             (1..=64).contains(&self.vcpus),
             "vcpus = {}: use 1 to 64",
@@ -175,37 +233,15 @@ impl Config {
             "memory_mib = {}: the guest needs at least 64",
             self.memory_mib
         );
-        anyhow::ensure!(
-            self.boot_timeout_secs > 0.0 && self.boot_timeout_secs <= 3600.0,
-            "boot_timeout_secs = {}: use a positive number of seconds up to 3600",
-            self.boot_timeout_secs
-        );
-        anyhow::ensure!(
-            self.log_level.parse::<log::LevelFilter>().is_ok(),
-            "log_level = {:?}: use error, warn, info, debug or trace",
-            self.log_level
-        );
         Ok(())
     }
 
     /// The backend named in the file; `None` for "auto".
-    pub fn backend_kind(&self) -> anyhow::Result<Option<BackendKind>> {
-        match self.backend.as_str() {
-            "auto" | "" => Ok(None),
-            other => other
-                .parse()
-                .map(Some)
-                .map_err(|e| anyhow::anyhow!("backend = {other:?}: {e} (or auto)")),
+    pub fn backend_kind(&self) -> Option<BackendKind> {
+        match self.backend {
+            BackendChoice::Auto => None,
+            BackendChoice::Named(kind) => Some(kind),
         }
-    }
-
-    pub fn boot_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.boot_timeout_secs)
-    }
-
-    /// An explicit path from the file, `None` when left empty.
-    pub fn explicit(path: &Path) -> Option<&Path> {
-        (!path.as_os_str().is_empty()).then_some(path)
     }
 }
 
@@ -273,14 +309,59 @@ mod tests {
     #[test]
     fn values_are_read() {
         let config = parse("backend = \"qemu\"\nvcpus = 2\nmemory_mib = 512\nkernel_params = [\"firedoor.log=debug\"]\n").unwrap();
-        assert_eq!(config.backend_kind().unwrap(), Some(BackendKind::Qemu));
+        assert_eq!(config.backend_kind(), Some(BackendKind::Qemu));
         assert_eq!((config.vcpus, config.memory_mib), (2, 512));
         assert_eq!(config.kernel_params, ["firedoor.log=debug"]);
     }
 
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("### Configuration").unwrap()..];
+        let example: String = section
+            .lines()
+            .skip_while(|l| *l != "```toml")
+            .skip(1)
+            .take_while(|l| *l != "```")
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let config = parse(&example).unwrap();
+        assert_eq!(config.backend_kind(), Some(BackendKind::Qemu));
+        assert_eq!((config.vcpus, config.memory_mib), (2, 512));
+        assert_eq!(config.boot_timeout, Duration::from_secs(60));
+        assert_eq!(config.log_level, LevelFilter::Debug);
+        assert_eq!(config.kernel_params, ["firedoor.log=debug"]);
+        assert_eq!(
+            config.virtiofsd.as_deref(),
+            Some(Path::new("/usr/local/bin/virtiofsd"))
+        );
+        assert_eq!((config.kernel, config.qemu), (None, None));
+    }
+
+    #[test]
+    fn typed_values_are_checked_when_read() {
+        let config =
+            parse("backend = \"\"\nkernel = \"\"\nboot_timeout_secs = 0.5\nlog_level = \"WARN\"")
+                .unwrap();
+        assert_eq!(config.backend, BackendChoice::Auto);
+        assert_eq!(config.kernel, None);
+        assert_eq!(config.boot_timeout, Duration::from_millis(500));
+        assert_eq!(config.log_level, LevelFilter::Warn);
+        let err = format!("{:#}", parse("log_level = \"loud\"").unwrap_err());
+        assert!(
+            err.contains("use error, warn, info, debug or trace"),
+            "{err}"
+        );
+        let err = format!("{:#}", parse("boot_timeout_secs = 0").unwrap_err());
+        assert!(err.contains("up to 3600"), "{err}");
+    }
+
     /// Field `n` holding `text`, as protobuf encodes a string.
     fn string_field(n: u8, text: &str) -> Vec<u8> {
-        let mut b = vec![n << 3 | 2, text.len() as u8];
+        let mut b = vec![
+            n << 3 | 2,
+            u8::try_from(text.len()).expect("a short string"),
+        ];
         b.extend_from_slice(text.as_bytes());
         b
     }

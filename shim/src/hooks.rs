@@ -89,6 +89,7 @@ impl HostHooks {
 
 /// A container's host-side hooks with what they need: the anchor whose PID
 /// they get, and the fields of the state they read.
+#[derive(Debug)]
 pub struct ContainerHooks {
     hooks: HostHooks,
     anchor: NetnsAnchor,
@@ -214,7 +215,7 @@ fn run_one(phase: &'static str, hook: &Hook, state: &[u8]) -> Result<(), HookErr
             // SIGKILL by PID: the child is not reaped until the waiting
             // thread collects it, so the PID cannot have been reused.
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
+                nix::unistd::Pid::from_raw(pid.cast_signed()),
                 nix::sys::signal::Signal::SIGKILL,
             );
             return Err(fail(format!("still running after {timeout:?}; killed")));
@@ -233,6 +234,7 @@ fn check_status(status: ExitStatus, stderr: &[u8]) -> Result<(), String> {
 
 /// A host process parked in the container's network namespace, whose PID
 /// hooks receive. Killed when dropped.
+#[derive(Debug)]
 pub struct NetnsAnchor {
     pid: u32,
     /// Dropping it ends the thread that owns the process, which kills it.

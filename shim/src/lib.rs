@@ -5,6 +5,7 @@
 pub mod assets;
 pub mod backends;
 pub mod config;
+pub mod error;
 pub mod hooks;
 pub mod mount;
 pub mod sandbox;

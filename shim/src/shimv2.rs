@@ -50,13 +50,22 @@ pub struct FiredoorShim {
     exit: Arc<ExitSignal>,
 }
 
+impl std::fmt::Debug for FiredoorShim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FiredoorShim")
+            .field("id", &self.id)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
 impl shim::Shim for FiredoorShim {
     type T = TaskService;
 
     fn new(_runtime_id: &str, args: &Flags, shim_config: &mut ShimConfig) -> Self {
         let config = Config::load().map_err(|e| format!("{e:#}"));
         if let Ok(config) = &config {
-            shim_config.default_log_level = config.log_level.clone();
+            shim_config.default_log_level = config.log_level.as_str().to_ascii_lowercase();
         }
         FiredoorShim {
             id: args.id.clone(),
@@ -145,7 +154,7 @@ fn cleanup_after_crash(bundle: &Path, state_dir: &Path) {
 /// line still names this state dir: PIDs get reused), then unmounts and
 /// removes the state dir.
 fn remove_sandbox_state(state_dir: &Path) {
-    if let Ok(pids) = fs::read_to_string(state_dir.join(crate::task::PIDS_FILE)) {
+    if let Ok(pids) = fs::read_to_string(state_dir.join(crate::sandbox::PIDS_FILE)) {
         let marker = state_dir.to_string_lossy().into_owned();
         for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();

@@ -120,6 +120,7 @@ fn percent_decode(s: &str) -> String {
 const LOGGER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The host ends of one process's streams, copying in threads.
+#[derive(Debug)]
 pub struct ProcessIo {
     stdin_stop: Option<OwnedFd>,
     drain: Option<OutputDrain>,
@@ -127,6 +128,7 @@ pub struct ProcessIo {
 }
 
 /// Tells when every output stream of a process has reached its end.
+#[derive(Debug)]
 pub struct OutputDrain {
     done: mpsc::Receiver<()>,
     pending: usize,
@@ -337,7 +339,8 @@ fn start_logger(
     // Ready when the logger closes fd 5 (EOF here).
     let mut fds = [PollFd::new(ready_r.as_fd(), PollFlags::POLLIN)];
     let ms =
-        PollTimeout::try_from(LOGGER_READY_TIMEOUT.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+        PollTimeout::try_from(i32::try_from(LOGGER_READY_TIMEOUT.as_millis()).unwrap_or(i32::MAX))
+            .unwrap_or(PollTimeout::MAX);
     if poll(&mut fds, ms).context("waiting for the logging binary")? == 0 {
         bail!(
             "logging binary {} did not get ready within {LOGGER_READY_TIMEOUT:?}",
@@ -413,8 +416,8 @@ mod tests {
                 args: vec!["id".into(), "abc".into(), "flag".into()]
             }
         );
-        assert!(parse_destination("tcp://host:1").is_err());
-        assert!(parse_destination("file://relative").is_err());
+        parse_destination("tcp://host:1").unwrap_err();
+        parse_destination("file://relative").unwrap_err();
     }
 
     #[test]

@@ -71,6 +71,7 @@ impl Build {
     }
 }
 
+#[derive(Debug)]
 pub struct Containerd {
     dir: tempfile::TempDir,
     daemon: Option<ManagedChild>,
@@ -404,7 +405,7 @@ impl Drop for Containerd {
         }
         for pid in leftovers {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
+                nix::unistd::Pid::from_raw(pid.cast_signed()),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }

@@ -92,6 +92,7 @@ fn runc_spec(args: &[&str], capabilities: &[&str], resources: Option<&str>) -> V
 }
 
 /// A booted guest serving the agent API, with one sandbox created.
+#[derive(Debug)]
 pub struct Guest {
     pub sandbox: Sandbox,
     /// Deadline of every RPC.
@@ -107,12 +108,16 @@ impl Guest {
             shared_fs_tag: SHARED_FS_TAG.into(),
             ..Default::default()
         };
-        sandbox.agent().create_sandbox(ctx(timeout), &req).unwrap();
+        sandbox
+            .agent()
+            .client()
+            .create_sandbox(ctx(timeout), &req)
+            .unwrap();
         Guest { sandbox, timeout }
     }
 
     pub fn agent(&self) -> &firedoor_protocol::agent_ttrpc::AgentClient {
-        self.sandbox.agent()
+        self.sandbox.agent().client()
     }
 
     /// Creates container `id`; returns its guest pid.

@@ -58,6 +58,8 @@ pub fn guest_spec(run_base: &Path) -> VmSpec {
     let (kernel, initrd) = guest_image();
     let mut spec = VmSpec::new(kernel, initrd);
     spec.run_base = run_base.to_owned();
+    // For tests that start a MicroVm themselves (Sandbox::boot sets it too).
+    spec.ready = firedoor_shim::sandbox::agent_readiness();
     spec
 }
 

@@ -1,32 +1,26 @@
 //! Pause and Resume: the guest freezes or thaws the container's cgroup.
 
-use containerd_shim::{api::Empty, TtrpcResult};
-use firedoor_protocol::agent::ContainerRequest;
+use containerd_shim::api::Empty;
 
-use super::{agent_error, Shared};
-use crate::sandbox::{ctx, RPC_TIMEOUT};
+use super::Shared;
+use crate::error::Result;
 
-pub(super) fn pause(shared: &Shared, id: &str) -> TtrpcResult<Empty> {
+pub(super) fn pause(shared: &Shared, id: &str) -> Result<Empty> {
     set_paused(shared, id, true)
 }
 
-pub(super) fn resume(shared: &Shared, id: &str) -> TtrpcResult<Empty> {
+pub(super) fn resume(shared: &Shared, id: &str) -> Result<Empty> {
     set_paused(shared, id, false)
 }
 
-fn set_paused(shared: &Shared, id: &str, paused: bool) -> TtrpcResult<Empty> {
+fn set_paused(shared: &Shared, id: &str, paused: bool) -> Result<Empty> {
     shared.process(id, "")?;
-    let agent = shared.sandbox.running()?;
-    let request = ContainerRequest {
-        container_id: id.into(),
-        ..Default::default()
-    };
-    let result = if paused {
-        agent.agent().pause_container(ctx(RPC_TIMEOUT), &request)
+    let sandbox = shared.sandbox.running()?;
+    if paused {
+        sandbox.agent().pause_container(id)?;
     } else {
-        agent.agent().resume_container(ctx(RPC_TIMEOUT), &request)
-    };
-    result.map_err(|e| agent_error(if paused { "pausing" } else { "resuming" }, e))?;
+        sandbox.agent().resume_container(id)?;
+    }
     if let Some(container) = shared.containers().get_mut(id) {
         container.paused = paused;
     }

@@ -9,33 +9,21 @@ use containerd_shim::{
         },
         protobuf::{well_known_types::any::Any, Message},
     },
-    TtrpcResult,
 };
-use firedoor_protocol::agent::{ContainerRequest, StatsContainerResponse};
+use firedoor_protocol::agent::StatsContainerResponse;
 
-use super::{agent_error, internal, Shared};
-use crate::sandbox::{ctx, RPC_TIMEOUT};
+use super::Shared;
+use crate::error::{Result, ShimError};
 
 /// The type URL containerd registers for these metrics.
 const METRICS_TYPE: &str = "io.containerd.cgroups.v2.Metrics";
 
-pub(super) fn stats(shared: &Shared, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+pub(super) fn stats(shared: &Shared, req: api::StatsRequest) -> Result<api::StatsResponse> {
     shared.process(&req.id, "")?;
-    let stats = shared
-        .sandbox
-        .running()?
-        .agent()
-        .stats_container(
-            ctx(RPC_TIMEOUT),
-            &ContainerRequest {
-                container_id: req.id.clone(),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| agent_error("reading the container's stats", e))?;
+    let stats = shared.sandbox.running()?.agent().stats_container(&req.id)?;
     let value = to_metrics(&stats)
         .write_to_bytes()
-        .map_err(|e| internal(e.into()))?;
+        .map_err(|e| ShimError::Internal(e.into()))?;
     Ok(api::StatsResponse {
         stats: Some(Any {
             type_url: METRICS_TYPE.into(),

@@ -1,13 +1,12 @@
 //! Update: new cgroup resources for a container.
 
-use containerd_shim::{api, api::Empty, protos::ttrpc::Code, TtrpcResult};
-use firedoor_protocol::agent::UpdateContainerRequest;
+use containerd_shim::{api, api::Empty};
 use oci_spec::runtime::LinuxResources;
 
-use super::{agent_error, status, Shared};
-use crate::sandbox::{ctx, RPC_TIMEOUT};
+use super::Shared;
+use crate::error::{Result, ShimError};
 
-pub(super) fn update(shared: &Shared, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
+pub(super) fn update(shared: &Shared, req: api::UpdateTaskRequest) -> Result<Empty> {
     shared.process(&req.id, "")?;
     let value = req
         .resources
@@ -16,21 +15,12 @@ pub(super) fn update(shared: &Shared, req: api::UpdateTaskRequest) -> TtrpcResul
         .unwrap_or_default();
     // containerd sends LinuxResources as JSON; check it before the guest does.
     serde_json::from_slice::<LinuxResources>(&value).map_err(|e| {
-        status(
-            Code::INVALID_ARGUMENT,
-            format!("resources are not OCI LinuxResources JSON: {e}"),
-        )
+        ShimError::InvalidArgument(format!("resources are not OCI LinuxResources JSON: {e}"))
     })?;
-    let request = UpdateContainerRequest {
-        container_id: req.id.clone(),
-        resources_json: value,
-        ..Default::default()
-    };
     shared
         .sandbox
         .running()?
         .agent()
-        .update_container(ctx(RPC_TIMEOUT), &request)
-        .map_err(|e| agent_error("updating resources", e))?;
+        .update_container(&req.id, value)?;
     Ok(Empty::default())
 }

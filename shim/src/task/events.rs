@@ -7,17 +7,22 @@ use containerd_shim::{
         TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM,
         TaskPaused, TaskResumed, TaskStart,
     },
+    protos::protobuf::MessageDyn,
     publisher::RemotePublisher,
 };
+use log::{debug, info, warn};
 use std::{
-    sync::{Mutex, MutexGuard},
+    sync::Mutex,
     thread,
     time::{Duration, Instant},
 };
 
-use log::{debug, info, warn};
-
 use super::process::ExitInfo;
+
+/// Where events go: containerd's event service, or a recorder in tests.
+pub trait EventSink: Send + Sync {
+    fn publish(&self, event: Box<dyn Event>);
+}
 
 /// containerd's event socket, as it tells every shim.
 const TTRPC_ADDRESS_ENV: &str = "TTRPC_ADDRESS";
@@ -26,35 +31,46 @@ const TTRPC_ADDRESS_ENV: &str = "TTRPC_ADDRESS";
 const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(30);
 const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
-pub struct Events {
-    /// `None` after a failure, until the next successful dial.
+/// containerd's event service, through the address it gave the shim.
+struct Containerd {
+    /// `None` after a failure, until the next successful dial. Events go
+    /// out one at a time under this lock, so they stay in order.
     publisher: Mutex<Option<RemotePublisher>>,
     /// Where to re-dial when containerd restarted under us.
     address: Option<String>,
     namespace: String,
 }
 
-impl Events {
-    pub fn new(publisher: RemotePublisher, namespace: String) -> Self {
-        Events {
-            publisher: Mutex::new(Some(publisher)),
-            address: std::env::var(TTRPC_ADDRESS_ENV).ok(),
-            namespace,
-        }
+impl Containerd {
+    fn redial(&self) -> Option<RemotePublisher> {
+        let address = self.address.as_deref()?;
+        RemotePublisher::new(address)
+            .map_err(|e| debug!("dialling {address}: {e}"))
+            .ok()
     }
+}
 
-    fn lock(&self) -> MutexGuard<'_, Option<RemotePublisher>> {
-        self.publisher.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Publishes `event`, in order with the others (one at a time, under
-    /// the lock). A connection broken by a containerd restart is re-dialled
-    /// and the event sent again, for up to [`PUBLISH_RETRY_FOR`]: an exit
-    /// event must not be lost because containerd was away for a moment.
-    fn publish<E: Event + Clone>(&self, event: E) {
+impl EventSink for Containerd {
+    /// A connection broken by a containerd restart is re-dialled and the
+    /// event sent again, for up to [`PUBLISH_RETRY_FOR`]: an exit event
+    /// must not be lost because containerd was away for a moment.
+    fn publish(&self, event: Box<dyn Event>) {
         let topic = event.topic();
         debug!("publishing {topic}");
-        let mut publisher = self.lock();
+        // Each attempt consumes a message: keep the bytes to make another.
+        let encoded: &dyn MessageDyn = &*event;
+        let descriptor = encoded.descriptor_dyn();
+        let mut bytes = Vec::new();
+        if let Err(e) = encoded.write_to_vec_dyn(&mut bytes) {
+            return warn!("encoding {topic}: {e}");
+        }
+        let message = || -> Box<dyn MessageDyn> {
+            let mut message = descriptor.new_instance();
+            // Our own encoding of the same type: it decodes.
+            let _ = message.merge_from_bytes_dyn(&bytes);
+            message
+        };
+        let mut publisher = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
         let deadline = Instant::now() + PUBLISH_RETRY_FOR;
         let mut pause = Duration::from_millis(50);
         let mut failures = 0;
@@ -68,20 +84,20 @@ impl Events {
                         ttrpc::context::Context::default(),
                         &topic,
                         &self.namespace,
-                        Box::new(event.clone()),
+                        message(),
                     )
                     .map_err(|e| e.to_string()),
                 None => Err("containerd's event socket is not accepting connections".into()),
             };
             match result {
-                Ok(()) if failures > 0 => {
-                    info!("published {topic} after reconnecting to containerd");
+                Ok(()) => {
+                    if failures > 0 {
+                        info!("published {topic} after reconnecting to containerd");
+                    }
                     return;
                 }
-                Ok(()) => return,
                 Err(e) if Instant::now() + pause >= deadline || self.address.is_none() => {
-                    warn!("publishing {topic}: {e}; giving up after {failures} retries");
-                    return;
+                    return warn!("publishing {topic}: {e}; giving up after {failures} retries");
                 }
                 Err(e) => {
                     if failures == 0 {
@@ -95,16 +111,37 @@ impl Events {
             }
         }
     }
+}
 
-    fn redial(&self) -> Option<RemotePublisher> {
-        let address = self.address.as_deref()?;
-        RemotePublisher::new(address)
-            .map_err(|e| debug!("dialling {address}: {e}"))
-            .ok()
+pub struct Events {
+    sink: Box<dyn EventSink>,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").finish_non_exhaustive()
+    }
+}
+
+impl Events {
+    pub fn new(publisher: RemotePublisher, namespace: String) -> Self {
+        Self::to_sink(Box::new(Containerd {
+            publisher: Mutex::new(Some(publisher)),
+            address: std::env::var(TTRPC_ADDRESS_ENV).ok(),
+            namespace,
+        }))
+    }
+
+    pub fn to_sink(sink: Box<dyn EventSink>) -> Self {
+        Events { sink }
+    }
+
+    fn publish(&self, event: Box<dyn Event>) {
+        self.sink.publish(event);
     }
 
     pub fn create(&self, id: &str, bundle: &str, terminal: bool, stdio: [&str; 3], pid: u32) {
-        self.publish(TaskCreate {
+        self.publish(Box::new(TaskCreate {
             container_id: id.into(),
             bundle: bundle.into(),
             io: Some(TaskIO {
@@ -117,75 +154,75 @@ impl Events {
             .into(),
             pid,
             ..Default::default()
-        });
+        }));
     }
 
     pub fn start(&self, id: &str, pid: u32) {
-        self.publish(TaskStart {
+        self.publish(Box::new(TaskStart {
             container_id: id.into(),
             pid,
             ..Default::default()
-        });
+        }));
     }
 
     pub fn exec_added(&self, id: &str, exec_id: &str) {
-        self.publish(TaskExecAdded {
+        self.publish(Box::new(TaskExecAdded {
             container_id: id.into(),
             exec_id: exec_id.into(),
             ..Default::default()
-        });
+        }));
     }
 
     pub fn exec_started(&self, id: &str, exec_id: &str, pid: u32) {
-        self.publish(TaskExecStarted {
+        self.publish(Box::new(TaskExecStarted {
             container_id: id.into(),
             exec_id: exec_id.into(),
             pid,
             ..Default::default()
-        });
+        }));
     }
 
     pub fn oom(&self, id: &str) {
-        self.publish(TaskOOM {
+        self.publish(Box::new(TaskOOM {
             container_id: id.into(),
             ..Default::default()
-        });
+        }));
     }
 
     /// `exec_id` empty for the init process (containerd then uses the
     /// container id as the process id).
     pub fn exit(&self, id: &str, exec_id: &str, pid: u32, exit: &ExitInfo) {
-        self.publish(TaskExit {
+        self.publish(Box::new(TaskExit {
             container_id: id.into(),
             id: if exec_id.is_empty() { id } else { exec_id }.into(),
             pid,
             exit_status: exit.status,
             exited_at: Some(exit.timestamp()).into(),
             ..Default::default()
-        });
+        }));
     }
 
     pub fn delete(&self, id: &str, pid: u32, exit: &ExitInfo) {
-        self.publish(TaskDelete {
+        self.publish(Box::new(TaskDelete {
             container_id: id.into(),
             pid,
             exit_status: exit.status,
             exited_at: Some(exit.timestamp()).into(),
             ..Default::default()
-        });
+        }));
     }
 
     pub fn paused(&self, id: &str) {
-        self.publish(TaskPaused {
+        self.publish(Box::new(TaskPaused {
             container_id: id.into(),
             ..Default::default()
-        });
+        }));
     }
 
     pub fn resumed(&self, id: &str) {
-        self.publish(TaskResumed {
+        self.publish(Box::new(TaskResumed {
             container_id: id.into(),
             ..Default::default()
-        });
+        }));
     }
 }

@@ -1,6 +1,7 @@
 //! containerd's Task service (API v2), one file per verb, backed by one
 //! sandbox VM per shim.
 
+mod container;
 mod container_create;
 mod container_delete;
 mod container_pause;
@@ -14,40 +15,34 @@ mod process_kill;
 mod process_start;
 mod process_state;
 mod process_wait;
-mod sandbox_vm;
-pub use sandbox_vm::PIDS_FILE;
 mod shim_lifecycle;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::HashMap,
-    fmt::Display,
     path::PathBuf,
-    sync::{atomic::AtomicBool, Arc, Mutex, MutexGuard},
+    sync::{atomic::Ordering, Arc, Mutex, MutexGuard},
 };
 
 use containerd_shim::{
     api::{self, Empty},
-    protos::ttrpc::{Code, Error as TtrpcError},
     ExitSignal, Task, TtrpcContext, TtrpcResult,
 };
 
-pub use self::process::{ExitInfo, Process};
-use self::{events::Events, sandbox_vm::SandboxSlot};
-use crate::config::Config;
+use firedoor_protocol::agent::StatsContainerResponse;
 
-/// A container in the sandbox: its bundle, its init process and its execs.
-pub(crate) struct Container {
-    pub bundle: PathBuf,
-    /// We mounted containerd's rootfs mounts on `<bundle>/rootfs`.
-    pub rootfs_mounted: bool,
-    pub init: Arc<Process>,
-    pub execs: HashMap<String, Arc<Process>>,
-    pub paused: bool,
-    /// Set once TaskOOM went out for this container.
-    pub oom_reported: Arc<AtomicBool>,
-    /// Its OCI hooks that run on the host, if it has any.
-    pub hooks: Option<Arc<crate::hooks::ContainerHooks>>,
-}
+pub use self::process::{ExitInfo, Process};
+use self::{
+    container::Container,
+    events::Events,
+    process::{Phase, VM_GONE_STATUS},
+};
+use crate::{
+    config::Config,
+    error::{Result, ShimError},
+    sandbox::{SandboxOwner, SandboxSlot},
+};
 
 /// State shared by every request of one shim.
 pub(crate) struct Shared {
@@ -81,57 +76,73 @@ impl Shared {
     }
 
     /// The process `exec_id` (empty: init) of container `id`.
-    pub fn process(&self, id: &str, exec_id: &str) -> TtrpcResult<Arc<Process>> {
+    pub fn process(&self, id: &str, exec_id: &str) -> Result<Arc<Process>> {
         let containers = self.containers();
         let container = containers
             .get(id)
-            .ok_or_else(|| status(Code::NOT_FOUND, format!("container {id} not found")))?;
+            .ok_or_else(|| ShimError::NotFound(format!("container {id} not found")))?;
         if exec_id.is_empty() {
             return Ok(container.init.clone());
         }
         container.execs.get(exec_id).cloned().ok_or_else(|| {
-            status(
-                Code::NOT_FOUND,
-                format!("process {exec_id} of container {id} not found"),
-            )
+            ShimError::NotFound(format!("process {exec_id} of container {id} not found"))
         })
     }
-}
 
-/// A ttrpc error with a status code for containerd.
-pub(crate) fn status(code: Code, message: impl Display) -> TtrpcError {
-    TtrpcError::RpcStatus(containerd_shim::protos::ttrpc::get_status(
-        code,
-        message.to_string(),
-    ))
-}
-
-/// An error from the agent, with what we were doing; the agent's status
-/// code (NOT_FOUND, INVALID_ARGUMENT, ...) goes through to containerd.
-pub(crate) fn agent_error(doing: &str, e: TtrpcError) -> TtrpcError {
-    let code = match &e {
-        TtrpcError::RpcStatus(s) => s.code(),
-        _ => Code::UNAVAILABLE,
-    };
-    status(code, format!("{doing}: {}", describe(&e)))
-}
-
-/// A ttrpc error as a person reads it.
-pub(crate) fn describe(e: &TtrpcError) -> String {
-    match e {
-        TtrpcError::RpcStatus(s) => s.message().to_string(),
-        other => format!("the guest agent is unreachable ({other})"),
+    /// Publishes TaskOOM for `id` unless it already went out.
+    pub fn report_oom(&self, id: &str) {
+        let flag = self.containers().get(id).map(|c| c.oom_reported.clone());
+        if let Some(flag) = flag {
+            if !flag.swap(true, Ordering::SeqCst) {
+                self.events.oom(id);
+            }
+        }
     }
 }
 
-/// An internal failure, with its whole context chain.
-pub(crate) fn internal(e: anyhow::Error) -> TtrpcError {
-    status(Code::INTERNAL, format!("{e:#}"))
+impl SandboxOwner for Shared {
+    fn slot(&self) -> &SandboxSlot {
+        &self.sandbox
+    }
+
+    /// Every process of the sandbox is gone with the VM: each one that was
+    /// created in the guest exits with [`VM_GONE_STATUS`].
+    fn sandbox_failed(&self) {
+        let processes: Vec<_> = self
+            .containers()
+            .values()
+            .flat_map(|c| std::iter::once(c.init.clone()).chain(c.execs.values().cloned()))
+            .collect();
+        for process in processes {
+            if process.phase() == Phase::Created && process.pid() == 0 {
+                continue;
+            }
+            self.report_exit(&process, ExitInfo::now(VM_GONE_STATUS));
+        }
+    }
+
+    fn oom_killed(&self, id: &str) {
+        self.report_oom(id);
+    }
+}
+
+/// Whether the container's cgroup saw an OOM kill.
+pub(crate) fn oom_killed(stats: &StatsContainerResponse) -> bool {
+    stats.memory.as_ref().is_some_and(|m| m.oom_kill > 0)
 }
 
 #[derive(Clone)]
 pub struct TaskService {
     shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for TaskService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskService")
+            .field("namespace", &self.shared.namespace)
+            .field("state_dir", &self.shared.state_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TaskService {
@@ -146,11 +157,11 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        container_create::create(&self.shared, req)
+        container_create::create(&self.shared, req).map_err(Into::into)
     }
 
     fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
-        process_start::start(&self.shared, req)
+        process_start::start(&self.shared, req).map_err(Into::into)
     }
 
     fn delete(
@@ -158,58 +169,55 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        container_delete::delete(&self.shared, req)
+        container_delete::delete(&self.shared, req).map_err(Into::into)
     }
 
     fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
-        process_exec::exec(&self.shared, req)
+        process_exec::exec(&self.shared, req).map_err(Into::into)
     }
 
     fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
-        process_kill::kill(&self.shared, req)
+        process_kill::kill(&self.shared, req).map_err(Into::into)
     }
 
     fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        process_wait::wait(&self.shared, req)
+        process_wait::wait(&self.shared, req).map_err(Into::into)
     }
 
     fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
-        process_state::state(&self.shared, req)
+        process_state::state(&self.shared, req).map_err(Into::into)
     }
 
     fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        process_state::pids(&self.shared, req)
+        process_state::pids(&self.shared, req).map_err(Into::into)
     }
 
     fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
-        container_pause::pause(&self.shared, &req.id)
+        container_pause::pause(&self.shared, &req.id).map_err(Into::into)
     }
 
     fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
-        container_pause::resume(&self.shared, &req.id)
+        container_pause::resume(&self.shared, &req.id).map_err(Into::into)
     }
 
     fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
-        container_stats::stats(&self.shared, req)
+        container_stats::stats(&self.shared, req).map_err(Into::into)
     }
 
     fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
-        container_update::update(&self.shared, req)
+        container_update::update(&self.shared, req).map_err(Into::into)
     }
 
     fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
-        process_io::resize_pty(&self.shared, req)
+        process_io::resize_pty(&self.shared, req).map_err(Into::into)
     }
 
     fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
-        process_io::close_io(&self.shared, req)
+        process_io::close_io(&self.shared, req).map_err(Into::into)
     }
 
     fn checkpoint(&self, _: &TtrpcContext, _: api::CheckpointTaskRequest) -> TtrpcResult<Empty> {
-        Err(status(
-            Code::UNIMPLEMENTED,
-            "checkpoint is not supported by Firedoor",
-        ))
+        Err(ShimError::Unimplemented("checkpoint is not supported by Firedoor".into()).into())
     }
 
     fn connect(
@@ -217,10 +225,10 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        shim_lifecycle::connect(&self.shared, req)
+        shim_lifecycle::connect(&self.shared, req).map_err(Into::into)
     }
 
     fn shutdown(&self, _: &TtrpcContext, req: api::ShutdownRequest) -> TtrpcResult<Empty> {
-        shim_lifecycle::shutdown(&self.shared, req)
+        shim_lifecycle::shutdown(&self.shared, req).map_err(Into::into)
     }
 }

@@ -29,16 +29,18 @@ impl ExitInfo {
 
     pub fn from_unix_nanos(status: i32, nanos: i64) -> Self {
         ExitInfo {
-            status: status as u32,
-            at: UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64),
+            // Exit code or 128 + signal: never negative from the agent.
+            status: status.cast_unsigned(),
+            at: UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap_or(0)),
         }
     }
 
     pub fn timestamp(&self) -> Timestamp {
         let since = self.at.duration_since(UNIX_EPOCH).unwrap_or_default();
         Timestamp {
-            seconds: since.as_secs() as i64,
-            nanos: since.subsec_nanos() as i32,
+            seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+            // Below 10^9: always fits.
+            nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
             ..Default::default()
         }
     }
@@ -55,6 +57,7 @@ pub enum Phase {
     Stopped(ExitInfo),
 }
 
+#[derive(Debug)]
 pub struct Process {
     pub container_id: String,
     /// Empty for the init process.
@@ -67,6 +70,7 @@ pub struct Process {
     pub io: Mutex<Option<ProcessIo>>,
 }
 
+#[derive(Debug)]
 struct ProcessState {
     phase: Phase,
     pid: u32,

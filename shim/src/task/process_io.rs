@@ -1,32 +1,23 @@
 //! ResizePty and CloseIO.
 
-use containerd_shim::{api, api::Empty, TtrpcResult};
-use firedoor_protocol::agent::ResizeTtyRequest;
+use containerd_shim::{api, api::Empty};
 
-use super::{agent_error, Shared};
-use crate::sandbox::{ctx, RPC_TIMEOUT};
+use super::Shared;
+use crate::error::Result;
 
-pub(super) fn resize_pty(shared: &Shared, req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
+pub(super) fn resize_pty(shared: &Shared, req: api::ResizePtyRequest) -> Result<Empty> {
     shared.process(&req.id, &req.exec_id)?;
-    let request = ResizeTtyRequest {
-        container_id: req.id.clone(),
-        exec_id: req.exec_id.clone(),
-        rows: req.height,
-        columns: req.width,
-        ..Default::default()
-    };
     shared
         .sandbox
         .running()?
         .agent()
-        .resize_tty(ctx(RPC_TIMEOUT), &request)
-        .map_err(|e| agent_error("resizing the terminal", e))?;
+        .resize_tty(&req.id, &req.exec_id, req.height, req.width)?;
     Ok(Empty::default())
 }
 
 /// The stdin stream is closed after the bytes already in the FIFO: the
 /// agent sees EOF in order and closes the process's stdin.
-pub(super) fn close_io(shared: &Shared, req: api::CloseIORequest) -> TtrpcResult<Empty> {
+pub(super) fn close_io(shared: &Shared, req: api::CloseIORequest) -> Result<Empty> {
     let process = shared.process(&req.id, &req.exec_id)?;
     if req.stdin {
         if let Some(io) = process

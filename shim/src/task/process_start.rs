@@ -2,39 +2,29 @@
 
 use std::sync::Arc;
 
-use containerd_shim::{api, protos::ttrpc::Code, TtrpcResult};
-use firedoor_protocol::agent::{ContainerRequest, ExecProcessRequest};
+use containerd_shim::api;
+use firedoor_protocol::agent::ExecProcessRequest;
 use log::info;
 
-use super::{agent_error, internal, process::Phase, process_wait::spawn_waiter, status, Shared};
+use super::{process::Phase, process_wait::spawn_waiter, Shared};
 use crate::{
-    sandbox::{ctx, RPC_TIMEOUT},
+    error::{Result, ShimError},
     stdio::ProcessIo,
 };
 
-pub(super) fn start(
-    shared: &Arc<Shared>,
-    req: api::StartRequest,
-) -> TtrpcResult<api::StartResponse> {
+pub(super) fn start(shared: &Arc<Shared>, req: api::StartRequest) -> Result<api::StartResponse> {
     let (id, exec_id) = (req.id.as_str(), req.exec_id.as_str());
     let process = shared.process(id, exec_id)?;
     if process.phase() != Phase::Created {
-        return Err(status(
-            Code::FAILED_PRECONDITION,
-            format!("process {exec_id:?} of container {id} was already started"),
-        ));
+        return Err(ShimError::FailedPrecondition(format!(
+            "process {exec_id:?} of container {id} was already started"
+        )));
     }
     let sandbox = shared.sandbox.running()?;
     let agent = sandbox.agent();
 
     if exec_id.is_empty() {
-        let request = ContainerRequest {
-            container_id: id.into(),
-            ..Default::default()
-        };
-        agent
-            .start_container(ctx(RPC_TIMEOUT), &request)
-            .map_err(|e| agent_error("starting the container", e))?;
+        agent.start_container(id)?;
         process.set_running();
         info!("started container {id}");
         shared.events.start(id, process.pid());
@@ -50,14 +40,12 @@ pub(super) fn start(
             stdio: Some(process.stdio.agent_stdio()).into(),
             ..Default::default()
         };
-        let reply = agent
-            .exec_process(ctx(RPC_TIMEOUT), &request)
-            .map_err(|e| agent_error("starting the exec process", e))?;
+        let reply = agent.exec_process(&request)?;
         process.set_pid(reply.pid);
         let io = ProcessIo::attach(&process.stdio, id, exec_id, &shared.namespace, &|| {
             sandbox.connect_stdio()
         })
-        .map_err(|e| internal(e.context("attaching the exec process's stdio")))?;
+        .map_err(|e| ShimError::Internal(e.context("attaching the exec process's stdio")))?;
         *process.io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io);
         process.set_running();
         shared.events.exec_started(id, exec_id, reply.pid);

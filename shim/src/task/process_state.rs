@@ -3,14 +3,12 @@
 use containerd_shim::{
     api,
     protos::types::task::{ProcessInfo, Status},
-    TtrpcResult,
 };
-use firedoor_protocol::agent::ContainerRequest;
 
-use super::{agent_error, Shared};
-use crate::sandbox::{ctx, RPC_TIMEOUT};
+use super::Shared;
+use crate::error::Result;
 
-pub(super) fn state(shared: &Shared, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+pub(super) fn state(shared: &Shared, req: api::StateRequest) -> Result<api::StateResponse> {
     let process = shared.process(&req.id, &req.exec_id)?;
     let (bundle, paused) = {
         let containers = shared.containers();
@@ -43,20 +41,9 @@ pub(super) fn state(shared: &Shared, req: api::StateRequest) -> TtrpcResult<api:
     })
 }
 
-pub(super) fn pids(shared: &Shared, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+pub(super) fn pids(shared: &Shared, req: api::PidsRequest) -> Result<api::PidsResponse> {
     shared.process(&req.id, "")?;
-    let reply = shared
-        .sandbox
-        .running()?
-        .agent()
-        .list_processes(
-            ctx(RPC_TIMEOUT),
-            &ContainerRequest {
-                container_id: req.id.clone(),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| agent_error("listing processes", e))?;
+    let reply = shared.sandbox.running()?.agent().list_processes(&req.id)?;
     Ok(api::PidsResponse {
         processes: reply
             .pids

@@ -3,24 +3,16 @@
 
 use std::{sync::Arc, thread, time::Duration};
 
-use containerd_shim::{api, TtrpcResult};
-use firedoor_protocol::{
-    agent::{ContainerRequest, ProcessRequest},
-    agent_ttrpc::AgentClient,
-};
+use containerd_shim::api;
 use log::{debug, warn};
 
-use super::{
-    process::VM_GONE_STATUS,
-    sandbox_vm::{oom_killed, report_oom},
-    ExitInfo, Process, Shared,
-};
-use crate::sandbox::{ctx, RPC_TIMEOUT};
+use super::{oom_killed, process::VM_GONE_STATUS, ExitInfo, Process, Shared};
+use crate::{error::Result, sandbox::GuestAgent};
 
 /// How long the output streams may trail the exit before it is reported.
 const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(super) fn wait(shared: &Shared, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+pub(super) fn wait(shared: &Shared, req: api::WaitRequest) -> Result<api::WaitResponse> {
     let process = shared.process(&req.id, &req.exec_id)?;
     let exit = process.wait();
     Ok(api::WaitResponse {
@@ -32,23 +24,14 @@ pub(super) fn wait(shared: &Shared, req: api::WaitRequest) -> TtrpcResult<api::W
 
 /// Waits in the guest for `process` to exit, lets its output drain, reports
 /// an OOM kill of the container's init first, then the exit.
-pub(super) fn spawn_waiter(shared: &Arc<Shared>, agent: AgentClient, process: Arc<Process>) {
+pub(super) fn spawn_waiter(shared: &Arc<Shared>, agent: GuestAgent, process: Arc<Process>) {
     let shared = shared.clone();
     let name = format!("wait-{}", process.pid());
     let spawned = thread::Builder::new().name(name).spawn(move || {
-        let request = ProcessRequest {
-            container_id: process.container_id.clone(),
-            exec_id: process.exec_id.clone(),
-            ..Default::default()
-        };
-        // No deadline: processes run for as long as they like.
-        let exit = match agent.wait_process(ttrpc::context::Context::default(), &request) {
+        let exit = match agent.wait_process(&process.container_id, &process.exec_id) {
             Ok(reply) => ExitInfo::from_unix_nanos(reply.exit_status, reply.exited_at_unix_nanos),
             Err(e) => {
-                warn!(
-                    "waiting for {}/{}: {e}",
-                    process.container_id, process.exec_id
-                );
+                warn!("{e}");
                 ExitInfo::now(VM_GONE_STATUS)
             }
         };
@@ -65,15 +48,8 @@ pub(super) fn spawn_waiter(shared: &Arc<Shared>, agent: AgentClient, process: Ar
             );
         }
         if process.exec_id.is_empty() {
-            let stats = agent.stats_container(
-                ctx(RPC_TIMEOUT),
-                &ContainerRequest {
-                    container_id: process.container_id.clone(),
-                    ..Default::default()
-                },
-            );
-            match stats {
-                Ok(stats) if oom_killed(&stats) => report_oom(&shared, &process.container_id),
+            match agent.stats_container(&process.container_id) {
+                Ok(stats) if oom_killed(&stats) => shared.report_oom(&process.container_id),
                 Ok(_) => {}
                 Err(e) => debug!("stats after exit of {}: {e}", process.container_id),
             }

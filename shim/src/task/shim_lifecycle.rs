@@ -1,14 +1,12 @@
 //! Connect and Shutdown.
 
-use containerd_shim::{api, api::Empty, TtrpcResult};
+use containerd_shim::{api, api::Empty};
 use log::info;
 
 use super::Shared;
+use crate::error::Result;
 
-pub(super) fn connect(
-    shared: &Shared,
-    req: api::ConnectRequest,
-) -> TtrpcResult<api::ConnectResponse> {
+pub(super) fn connect(shared: &Shared, req: api::ConnectRequest) -> Result<api::ConnectResponse> {
     let task_pid = shared.containers().get(&req.id).map_or(0, |c| c.init.pid());
     Ok(api::ConnectResponse {
         shim_pid: std::process::id(),
@@ -20,7 +18,7 @@ pub(super) fn connect(
 
 /// containerd asks every shim to shut down once its task is deleted; the
 /// shim of a pod keeps running while other containers remain.
-pub(super) fn shutdown(shared: &Shared, req: api::ShutdownRequest) -> TtrpcResult<Empty> {
+pub(super) fn shutdown(shared: &Shared, req: api::ShutdownRequest) -> Result<Empty> {
     if !shared.containers().is_empty() && !req.now {
         return Ok(Empty::default());
     }

@@ -1,0 +1,111 @@
+//! The threads that watch a sandbox: the one that boots the VM and then
+//! waits for its exit, and the OOM event long-poll.
+
+use std::{
+    fs,
+    os::fd::{AsFd, OwnedFd},
+    path::Path,
+    sync::{mpsc, Arc, Weak},
+    thread,
+};
+
+use anyhow::Context;
+use firedoor_hypervisor::{Backend, VmSpec};
+use log::{debug, error, warn};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use super::{Sandbox, SandboxOwner};
+
+/// PIDs of the VM's processes, for `shim delete` after a shim crash.
+pub const PIDS_FILE: &str = "vm.pids";
+
+/// Boots in a thread that lives as long as the VMM: the VM's processes die
+/// with the thread that started them (PR_SET_PDEATHSIG), and ttrpc's worker
+/// threads come and go. The thread then watches for the VMM's exit.
+pub(super) fn boot_watched<O: SandboxOwner>(
+    owner: &Arc<O>,
+    backend: Box<dyn Backend>,
+    spec: VmSpec,
+) -> anyhow::Result<Arc<Sandbox>> {
+    let (tx, rx) = mpsc::channel();
+    let watcher_owner = Arc::downgrade(owner);
+    thread::Builder::new()
+        .name("sandbox-vm".into())
+        .spawn(move || {
+            let sandbox = match Sandbox::boot(backend.as_ref(), &spec) {
+                Ok(sandbox) => Arc::new(sandbox),
+                Err(e) => return drop(tx.send(Err(e))),
+            };
+            let exit_fd = sandbox.vm().exit_notifier();
+            record_pids(&spec.run_base, &sandbox);
+            let _ = tx.send(Ok(sandbox));
+            if let Ok(exit_fd) = exit_fd {
+                watch_exit(&watcher_owner, &exit_fd);
+            }
+        })
+        .context("starting the sandbox thread")?;
+    rx.recv().context("the sandbox thread died")?
+}
+
+/// Watches an already running sandbox's exit from a thread of its own.
+#[cfg(test)]
+pub(super) fn watch_in_thread<O: SandboxOwner>(owner: &Arc<O>, sandbox: &Sandbox) {
+    let exit_fd = sandbox.vm().exit_notifier().expect("exit notifier");
+    let owner = Arc::downgrade(owner);
+    thread::spawn(move || watch_exit(&owner, &exit_fd));
+}
+
+/// Blocks until `exit_fd` (the VM's exit notifier) is readable, then
+/// reports the VM's exit unless we stopped it.
+fn watch_exit<O: SandboxOwner>(owner: &Weak<O>, exit_fd: &OwnedFd) {
+    let mut fds = [PollFd::new(exit_fd.as_fd(), PollFlags::POLLIN)];
+    while let Err(nix::Error::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
+    let Some(owner) = owner.upgrade() else {
+        return;
+    };
+    let slot = owner.slot();
+    if !slot.exited_unexpectedly() {
+        return;
+    }
+    let console = slot
+        .get()
+        .map(|s| s.vm().console_tail(20))
+        .unwrap_or_default();
+    error!("the sandbox VM exited unexpectedly; last console lines:\n{console}");
+    owner.sandbox_failed();
+}
+
+fn record_pids(state_dir: &Path, sandbox: &Sandbox) {
+    let vm = sandbox.vm();
+    let pids: Vec<String> = std::iter::once(vm.vmm_pid())
+        .chain(vm.helper_pids())
+        .map(|p| p.to_string())
+        .collect();
+    if let Err(e) = fs::write(state_dir.join(PIDS_FILE), pids.join("\n")) {
+        warn!("recording the VM's PIDs: {e}");
+    }
+}
+
+/// Long-polls the agent for OOM kills and tells the owner of each.
+pub(super) fn spawn_oom_watcher<O: SandboxOwner>(owner: &Arc<O>, sandbox: &Sandbox) {
+    let agent = sandbox.agent().clone();
+    let owner = Arc::downgrade(owner);
+    let spawned = thread::Builder::new()
+        .name("oom-events".into())
+        .spawn(move || loop {
+            let event = match agent.get_oom_event() {
+                Ok(event) => event,
+                Err(e) => {
+                    debug!("OOM event stream ended: {e}");
+                    return;
+                }
+            };
+            let Some(owner) = owner.upgrade() else {
+                return;
+            };
+            owner.oom_killed(&event.container_id);
+        });
+    if let Err(e) = spawned {
+        warn!("cannot watch OOM events: {e}");
+    }
+}
