@@ -97,8 +97,17 @@ impl Containerd {
         Self::launch("", true)
     }
 
+    /// containerd `build` (whatever `FIREDOOR_CONTAINERD` says), without
+    /// its CRI plugin.
+    pub fn start_build(build: Build) -> Containerd {
+        Self::launch_build(build, "", false)
+    }
+
     fn launch(firedoor_config: &str, cri: bool) -> Containerd {
-        let build = Build::from_env();
+        Self::launch_build(Build::from_env(), firedoor_config, cri)
+    }
+
+    fn launch_build(build: Build, firedoor_config: &str, cri: bool) -> Containerd {
         let shim = bin_dir().join("containerd-shim-firedoor-v2");
         assert!(
             shim.is_file(),

@@ -9,6 +9,7 @@ use std::{
 use firedoor_hypervisor::VmSpec;
 
 pub mod containerd;
+pub mod docker;
 pub mod guest;
 pub mod image;
 
