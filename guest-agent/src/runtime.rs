@@ -19,6 +19,7 @@ use firedoor_protocol::{
 };
 use log::{info, warn};
 use nix::{sys::signal::Signal, unistd::Pid};
+use oci_spec::runtime::LinuxSeccomp;
 
 use crate::{
     cgroup::{
@@ -27,6 +28,7 @@ use crate::{
     },
     error::{chain, AgentError, Result},
     helper,
+    namespaces::{self, Joinable},
     oom::{OomCounter, OomEvents},
     signals::{self, Exit},
     spec::{self, Roots},
@@ -46,6 +48,9 @@ pub struct Options {
     pub no_pivot: bool,
     /// This program, run as the runtime helper.
     pub exe: PathBuf,
+    /// Where the pod network namespace is pinned
+    /// ([`firedoor_protocol::POD_NETNS_PATH`] in the guest).
+    pub pod_netns: PathBuf,
 }
 
 pub struct Process {
@@ -99,6 +104,8 @@ pub struct Container {
     id: String,
     cgroup: Cgroup,
     dir: PathBuf,
+    /// The container's seccomp profile, for its exec'd processes.
+    seccomp: Option<LinuxSeccomp>,
     init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
     started: Mutex<bool>,
@@ -248,13 +255,22 @@ impl Runtime {
 
         let mut spec = spec::parse_spec(&req.oci_spec_json)?;
         let cgroup_path = format!("{}/{id}", self.opts.cgroup_parent.trim_end_matches('/'));
-        spec::prepare(
+        let init_pids = self.live_init_pids();
+        let joinable = Joinable {
+            init_pids: &init_pids,
+            pod_netns: &self.opts.pod_netns,
+        };
+        let pod_netns = spec::prepare(
             &mut spec,
             Path::new(&req.rootfs),
             &self.opts.roots,
             &cgroup_path,
             terminal,
+            &joinable,
         )?;
+        if pod_netns {
+            namespaces::ensure_pod_netns(&self.opts.pod_netns)?;
+        }
         let dir = self.containers_dir().join(id);
         let cgroup = Cgroup::new(&self.opts.cgroup_mount, &cgroup_path);
         let result = self.create_in(id, &spec, &dir, &cgroup, streams, terminal);
@@ -272,6 +288,15 @@ impl Runtime {
                 Err(e)
             }
         }
+    }
+
+    /// Init pids of the containers whose namespaces others may join.
+    fn live_init_pids(&self) -> Vec<i32> {
+        lock(&self.containers)
+            .values()
+            .filter(|c| c.init.exit().is_none())
+            .map(|c| c.init.pid)
+            .collect()
     }
 
     fn create_in(
@@ -329,6 +354,7 @@ impl Runtime {
             id: id.into(),
             cgroup: cgroup.clone(),
             dir: dir.to_owned(),
+            seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
             init: Process::new(pid, streams),
             execs: Mutex::new(HashMap::new()),
             started: Mutex::new(false),
@@ -361,7 +387,15 @@ impl Runtime {
             ),
             None => None,
         };
-        let mut command = request.command(&self.opts.exe);
+        let file = request.result.with_extension("request");
+        let command = request.command(&self.opts.exe, &file);
+        let mut command = match command {
+            Ok(command) => command,
+            Err(e) => {
+                let _ = fs::remove_file(&file);
+                return Err(AgentError::internal(format!("{what}: helper request"), e));
+            }
+        };
         command
             .stdin(side.stdin)
             .stdout(side.stdout)
@@ -374,9 +408,9 @@ impl Runtime {
         // Our copies of the process's stdio ends must not keep its pipes open.
         drop(command);
         drop(child);
-        let exit = rx
-            .recv()
-            .map_err(|e| AgentError::internal(format!("{what}: runtime helper"), e))?;
+        let exit = rx.recv();
+        let _ = fs::remove_file(&file);
+        let exit = exit.map_err(|e| AgentError::internal(format!("{what}: runtime helper"), e))?;
         let text = fs::read_to_string(&request.result).unwrap_or_default();
         let _ = fs::remove_file(&request.result);
         if exit.status != 0 {
@@ -432,6 +466,7 @@ impl Runtime {
         let (enabled, terminal) = enabled(req.stdio.as_ref());
         let mut process = spec::parse_process(&req.process_json)?;
         process.set_terminal(Some(terminal));
+        let seccomp = spec::exec_seccomp(&mut process, container.seccomp.as_ref());
 
         let what = format!("exec {exec_id} in container {id}");
         let process_file = container.dir.join(format!("exec-{exec_id}.json"));
@@ -446,6 +481,7 @@ impl Runtime {
             console_socket: terminal.then(|| container.dir.join(format!("exec-{exec_id}.sock"))),
             job: helper::Job::Exec {
                 process: process_file.clone(),
+                seccomp: seccomp.map(Box::new),
             },
         };
         let result = self.run_helper(&request, side, &what);
