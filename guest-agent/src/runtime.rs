@@ -1,15 +1,20 @@
 //! Containers and their processes: the state behind the container RPCs.
 //!
 //! State directory layout (`--state-dir`, `/run/firedoor/agent` in the guest):
-//! `containers/<id>/` holds the bundle (`config.json`), exec process files,
-//! the console socket and `cgroup` (the group's path, for cleanup after a
-//! crash); `runtime/<id>/` is libcontainer's own state.
+//! `containers/<id>/` holds the bundle (`config.json`), exec process files
+//! and `cgroup` (the group's path, for cleanup after a crash);
+//! `runtime/<id>/` is libcontainer's own state; `consoles/<n>` are the
+//! console sockets, named by a counter: a socket path must stay under
+//! SUN_LEN (108 bytes) whatever the length of the ids (64 for CRI).
 
 use std::{
     collections::{HashMap, HashSet},
     fs,
     path::{Path, PathBuf},
-    sync::{mpsc, Arc, Condvar, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc, Condvar, Mutex, MutexGuard,
+    },
     time::{Duration, UNIX_EPOCH},
 };
 
@@ -146,6 +151,8 @@ pub struct Runtime {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Container ids and `container/exec` ids being created.
     reserved: Mutex<HashSet<String>>,
+    /// Names the next console socket.
+    next_console: AtomicU64,
     oom: Arc<OomEvents>,
 }
 
@@ -188,10 +195,15 @@ impl Runtime {
             opts,
             containers: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
+            next_console: AtomicU64::new(0),
             oom,
         };
         runtime.clean_stale_state();
-        for dir in [runtime.containers_dir(), runtime.runtime_dir()] {
+        for dir in [
+            runtime.containers_dir(),
+            runtime.runtime_dir(),
+            runtime.consoles_dir(),
+        ] {
             fs::create_dir_all(&dir)
                 .map_err(|e| AgentError::internal(format!("creating {dir:?}"), e))?;
         }
@@ -204,6 +216,16 @@ impl Runtime {
 
     fn runtime_dir(&self) -> PathBuf {
         self.opts.state_dir.join("runtime")
+    }
+
+    fn consoles_dir(&self) -> PathBuf {
+        self.opts.state_dir.join("consoles")
+    }
+
+    /// A fresh console socket path, short whatever the ids.
+    fn console_socket(&self) -> PathBuf {
+        let n = self.next_console.fetch_add(1, Ordering::Relaxed);
+        self.consoles_dir().join(n.to_string())
     }
 
     /// Kills the containers of a previous agent (found by their cgroups) and
@@ -223,6 +245,7 @@ impl Runtime {
             let _ = fs::remove_dir_all(entry.path());
         }
         let _ = fs::remove_dir_all(self.runtime_dir());
+        let _ = fs::remove_dir_all(self.consoles_dir());
     }
 
     fn reserve(&self, key: String, exists: bool) -> Result<Reservation<'_>> {
@@ -317,7 +340,7 @@ impl Runtime {
             .map_err(|e| internal("writing config.json", &e))?;
         let (side, streams) =
             Streams::new(enabled, terminal).map_err(|e| internal("stdio pipes", &e))?;
-        let console = dir.join("console.sock");
+        let console = self.console_socket();
         let request = helper::Request {
             state_root: self.runtime_dir(),
             id: id.into(),
@@ -410,6 +433,10 @@ impl Runtime {
         drop(child);
         let exit = rx.recv();
         let _ = fs::remove_file(&file);
+        if let Some(path) = &request.console_socket {
+            // The connection, if any, waits in the listener.
+            let _ = fs::remove_file(path);
+        }
         let exit = exit.map_err(|e| AgentError::internal(format!("{what}: runtime helper"), e))?;
         let text = fs::read_to_string(&request.result).unwrap_or_default();
         let _ = fs::remove_file(&request.result);
@@ -478,7 +505,7 @@ impl Runtime {
             state_root: self.runtime_dir(),
             id: id.into(),
             result: container.dir.join(format!("exec-{exec_id}.result")),
-            console_socket: terminal.then(|| container.dir.join(format!("exec-{exec_id}.sock"))),
+            console_socket: terminal.then(|| self.console_socket()),
             job: helper::Job::Exec {
                 process: process_file.clone(),
                 seccomp: seccomp.map(Box::new),

@@ -5,7 +5,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use oci_spec::runtime::{Capability, LinuxResources, LinuxSeccomp, Process, Root, Spec};
+use log::debug;
+use oci_spec::runtime::{
+    Capability, LinuxNamespaceType, LinuxResources, LinuxSeccomp, Process, Root, Spec,
+};
 use serde::de::DeserializeOwned;
 
 use crate::{
@@ -199,7 +202,18 @@ pub fn prepare(
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
     linux.set_cgroups_path(Some(cgroup_path.into()));
     let (namespaces, pod_netns) = namespaces::resolve(linux.namespaces().as_deref(), joinable)?;
+    let own_uts = namespaces
+        .iter()
+        .any(|ns| ns.typ() == LinuxNamespaceType::Uts);
     linux.set_namespaces(Some(namespaces));
+    // Without a UTS namespace entry the container is in the guest's, whose
+    // hostname the sandbox set (containerd's CRI leaves the entry out for
+    // host-network pods but still names the hostname, which runc would
+    // refuse to set then).
+    if !own_uts && spec.hostname().is_some() {
+        debug!("no UTS namespace of its own: the guest's hostname stays");
+        spec.set_hostname(None);
+    }
     spec.set_hooks(None);
     Ok(pod_netns)
 }

@@ -895,7 +895,10 @@ fn pod_containers_share_the_namespaces_they_name() {
         .as_array_mut()
         .unwrap()
         .push(json!({"type": "network", "path": pod_netns}));
-    sandbox["linux"]["sysctl"] = json!({"kernel.shm_rmid_forced": "1"});
+    sandbox["linux"]["sysctl"] = json!({
+        "kernel.shm_rmid_forced": "1",
+        "net.ipv4.ip_local_port_range": "40000 50000"
+    });
     let pause = agent
         .create_raw(
             "pause",
@@ -912,7 +915,8 @@ fn pod_containers_share_the_namespaces_they_name() {
             "sh",
             "-c",
             "ps -o pid,args | grep -q '^ *1 sleep 1000' && echo pid shared; \
-             cat /proc/sys/kernel/shm_rmid_forced; hostname; \
+             cat /proc/sys/kernel/shm_rmid_forced /proc/sys/net/ipv4/ip_local_port_range; \
+             hostname; \
              ip -o link | grep -c ': lo:.*UP'; ip -o link | wc -l",
         ],
         false,
@@ -936,7 +940,7 @@ fn pod_containers_share_the_namespaces_they_name() {
     let out = agent.read_all("app", "", Stream::Stdout);
     assert_eq!(agent.wait("app", ""), 0, "{out}");
     // Only lo, up, in the pod network namespace.
-    assert_eq!(out, "pid shared\n1\nbusybox\n1\n1\n");
+    assert_eq!(out, "pid shared\n1\n40000\t50000\nbusybox\n1\n1\n");
     agent.remove("app");
 
     // A path naming a process that is not a container's init is refused.
