@@ -598,8 +598,12 @@ fn terminal_exec_and_stop_are_exact() {
             &["sh", "-c", "trap 'exit 0' TERM; touch /tmp/ready; while true; do sleep 0.1; done"],
         );
         let polite = start_container(&mut cri, &ctrd, &pod, &config, polite).await;
-        // PID 1 of its PID namespace without a handler: SIGTERM is ignored.
-        let stubborn = container_config("stubborn", &["sleep", "1000000"]);
+        // Ignores SIGTERM (as PID 1 of a PID namespace without a handler
+        // would).
+        let stubborn = container_config(
+            "stubborn",
+            &["sh", "-c", "trap '' TERM; touch /tmp/ready; while true; do sleep 0.1; done"],
+        );
         let stubborn = start_container(&mut cri, &ctrd, &pod, &config, stubborn).await;
         assert_eq!(polite.len(), 64, "CRI ids are 64 hex characters");
 
@@ -637,6 +641,7 @@ fn terminal_exec_and_stop_are_exact() {
         assert!(took < Duration::from_secs(5), "SIGTERM stop took {took:?}");
         assert_eq!(exit_code(&mut cri, &polite).await, 0);
 
+        exec_sh(&mut cri, &stubborn, "test -e /tmp/ready").await;
         let took = stop_container(&mut cri, &stubborn, 3).await;
         assert!(
             took >= Duration::from_secs(3) && took < Duration::from_secs(8),

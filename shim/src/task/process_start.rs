@@ -6,11 +6,17 @@ use containerd_shim::{api, protos::ttrpc::Code, TtrpcResult};
 use firedoor_protocol::agent::{ContainerRequest, ExecProcessRequest};
 use log::info;
 
-use super::{agent_error, internal, process::Phase, process_wait::spawn_waiter, status, Shared};
+use super::{
+    agent_error, internal, process::Phase, process_wait::spawn_waiter, status, ExitInfo, Shared,
+};
 use crate::{
     sandbox::{ctx, RPC_TIMEOUT},
     stdio::ProcessIo,
 };
+
+/// The exit status of an exec that could not be started (runc's shim also
+/// releases its waiters then).
+const EXEC_FAILED_STATUS: u32 = 255;
 
 pub(super) fn start(
     shared: &Arc<Shared>,
@@ -46,9 +52,15 @@ pub(super) fn start(
             stdio: Some(process.stdio.agent_stdio()).into(),
             ..Default::default()
         };
-        let reply = agent
-            .exec_process(ctx(RPC_TIMEOUT), &request)
-            .map_err(|e| agent_error("starting the exec process", e))?;
+        let reply = match agent.exec_process(ctx(RPC_TIMEOUT), &request) {
+            Ok(reply) => reply,
+            Err(e) => {
+                // Waiters (containerd waits on an exec before it starts it)
+                // must not block for ever on a process that never ran.
+                process.set_exited(ExitInfo::now(EXEC_FAILED_STATUS));
+                return Err(agent_error("starting the exec process", e));
+            }
+        };
         process.set_pid(reply.pid);
         let io = ProcessIo::attach(&process.stdio, id, exec_id, &shared.namespace, &|| {
             sandbox.connect_stdio()
