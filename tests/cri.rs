@@ -12,11 +12,13 @@ use std::{
 use firedoor_tests::{containerd::Containerd, image::BUSYBOX_IMAGE, processes_mentioning};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
-    runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata,
-    ContainerState, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest,
+    runtime_service_client::RuntimeServiceClient, security_profile::ProfileType, Capability,
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
+    CreateContainerRequest, ExecSyncRequest, ImageSpec, Int64Value, LinuxContainerConfig,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -200,5 +202,461 @@ fn pod_with_two_containers_runs_in_one_vm() {
         assert!(!state_dir.exists(), "{} left behind", state_dir.display());
         assert_eq!(ctrd.shim_pids(), Vec::<u32>::new(), "shim left behind");
         assert_eq!(processes_mentioning(&state_dir), vec![]);
+    });
+}
+
+/// Runs a pod on the `firedoor` handler; returns its id.
+async fn run_pod(cri: &mut Cri, ctrd: &Containerd, config: &PodSandboxConfig) -> String {
+    cri.run_pod_sandbox(RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: "firedoor".into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd.log_tail(30)))
+    .into_inner()
+    .pod_sandbox_id
+}
+
+/// Creates and starts a container of `pod`; returns its id.
+async fn start_container(
+    cri: &mut Cri,
+    ctrd: &Containerd,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
+    let name = config.metadata.as_ref().unwrap().name.clone();
+    let id = cri
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\n{}", ctrd.log_tail(30)))
+        .into_inner()
+        .container_id;
+    cri.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", ctrd.log_tail(30)));
+    id
+}
+
+/// ExecSync of `sh -c script`; returns its stdout, asserting exit code 0.
+async fn exec_sh(cri: &mut Cri, id: &str, script: &str) -> String {
+    let out = cri
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 60,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync {script:?} in {id}: {e}"))
+        .into_inner();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.exit_code,
+        0,
+        "{script:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Stops and removes the pod and checks that its shim, VM and state are gone.
+async fn remove_pod(cri: &mut Cri, ctrd: &Containerd, pod: &str) {
+    cri.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .unwrap();
+    cri.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .unwrap();
+    let state_dir = Path::new("/run/firedoor/k8s.io").join(pod);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (state_dir.exists() || !ctrd.shim_pids().is_empty()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!state_dir.exists(), "{} left behind", state_dir.display());
+    assert_eq!(ctrd.shim_pids(), Vec::<u32>::new(), "shim left behind");
+}
+
+fn with_security(
+    mut config: ContainerConfig,
+    security: LinuxContainerSecurityContext,
+) -> ContainerConfig {
+    config.linux = Some(LinuxContainerConfig {
+        security_context: Some(security),
+        ..Default::default()
+    });
+    config
+}
+
+fn profile(profile_type: ProfileType, localhost_ref: &str) -> Option<SecurityProfile> {
+    Some(SecurityProfile {
+        profile_type: profile_type as i32,
+        localhost_ref: localhost_ref.into(),
+    })
+}
+
+/// What a process reports about its confinement (see the checks below).
+const CONFINEMENT: &str = "grep '^Seccomp:' /proc/self/status; \
+    chmod 400 / 2>/dev/null && echo chmod allowed || echo chmod denied; \
+    hostname x 2>/dev/null && echo hostname allowed || echo hostname denied";
+
+/// Issue 9 items 1 and 2: seccomp profiles apply to a container's first
+/// process and to ExecSync'd ones; a setuid binary escalates unless
+/// no_new_privs (allowPrivilegeEscalation: false) is on.
+#[test]
+fn seccomp_and_no_new_privs_hold_for_every_process() {
+    let ctrd = Containerd::start_cri();
+    let logs = ctrd.dir().join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    // A Localhost profile: a JSON file on the host that containerd reads.
+    let localhost = ctrd.dir().join("deny-chmod-sethostname.json");
+    fs::write(
+        &localhost,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["chmod", "fchmod", "fchmodat", "fchmodat2", "sethostname"],
+                          "action": "SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut cri = connect(ctrd.address()).await;
+        let config = pod_config("secure", &logs, HashMap::new());
+        let pod = run_pod(&mut cri, &ctrd, &config).await;
+        let sleeper = |name: &str, init: &str| {
+            container_config(
+                name,
+                &[
+                    "sh",
+                    "-c",
+                    &format!("{{ {init}; }} > /tmp/init 2>&1; exec sleep 1000000"),
+                ],
+            )
+        };
+
+        let id = start_container(
+            &mut cri,
+            &ctrd,
+            &pod,
+            &config,
+            with_security(
+                sleeper("runtime-default", "grep '^Seccomp:' /proc/self/status"),
+                LinuxContainerSecurityContext {
+                    seccomp: profile(ProfileType::RuntimeDefault, ""),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await;
+        assert_eq!(
+            exec_sh(&mut cri, &id, "cat /tmp/init").await,
+            "Seccomp:\t2\n"
+        );
+        let exec = exec_sh(
+            &mut cri,
+            &id,
+            "grep -E '^(Seccomp|CapEff):' /proc/self/status",
+        )
+        .await;
+        assert!(exec.contains("Seccomp:\t2\n"), "ExecSync: {exec}");
+        // The exec'd process keeps containerd's default capabilities only.
+        assert!(
+            exec.contains("CapEff:\t00000000a80425fb"),
+            "ExecSync: {exec}"
+        );
+
+        // Denied even with CAP_SYS_ADMIN, in init and in ExecSync.
+        let id = start_container(
+            &mut cri,
+            &ctrd,
+            &pod,
+            &config,
+            with_security(
+                sleeper("localhost", CONFINEMENT),
+                LinuxContainerSecurityContext {
+                    seccomp: profile(ProfileType::Localhost, localhost.to_str().unwrap()),
+                    capabilities: Some(Capability {
+                        add_capabilities: vec!["SYS_ADMIN".into()],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await;
+        let want = "Seccomp:\t2\nchmod denied\nhostname denied\n";
+        assert_eq!(exec_sh(&mut cri, &id, "cat /tmp/init").await, want);
+        assert_eq!(exec_sh(&mut cri, &id, CONFINEMENT).await, want);
+
+        let id = start_container(
+            &mut cri,
+            &ctrd,
+            &pod,
+            &config,
+            with_security(
+                sleeper("unconfined", "grep '^Seccomp:' /proc/self/status"),
+                LinuxContainerSecurityContext {
+                    seccomp: profile(ProfileType::Unconfined, ""),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await;
+        assert_eq!(
+            exec_sh(&mut cri, &id, "cat /tmp/init").await,
+            "Seccomp:\t0\n"
+        );
+        let exec = exec_sh(&mut cri, &id, "grep '^Seccomp:' /proc/self/status").await;
+        assert_eq!(exec, "Seccomp:\t0\n");
+
+        // /bin/euid (setuid root) exits with its effective uid: 0, or
+        // 1000 & 255 = 232 when it did not escalate.
+        for (name, no_new_privs, want) in [("escalate", false, "0"), ("no-escalate", true, "232")] {
+            let id = start_container(
+                &mut cri,
+                &ctrd,
+                &pod,
+                &config,
+                with_security(
+                    sleeper(name, "/bin/euid; echo $?"),
+                    LinuxContainerSecurityContext {
+                        run_as_user: Some(Int64Value { value: 1000 }),
+                        no_new_privs,
+                        seccomp: profile(ProfileType::RuntimeDefault, ""),
+                        ..Default::default()
+                    },
+                ),
+            )
+            .await;
+            assert_eq!(
+                exec_sh(&mut cri, &id, "cat /tmp/init").await.trim(),
+                want,
+                "{name} init"
+            );
+            assert_eq!(
+                exec_sh(&mut cri, &id, "/bin/euid; echo $?").await.trim(),
+                want,
+                "{name} exec"
+            );
+        }
+        remove_pod(&mut cri, &ctrd, &pod).await;
+    });
+}
+
+/// Issue 9 items 3 and 7: the containers of a pod share its IPC and UTS
+/// namespaces, its PID namespace in `POD` mode (not in `CONTAINER` mode;
+/// `NODE` is the guest's own, the VM being the pod's node), and see the
+/// pod's sysctls. (`net.*` sysctls need a pod network namespace, which a
+/// host-network pod has not: the agent's host-mode test
+/// `pod_containers_share_the_namespaces_they_name` covers them.)
+#[test]
+fn pod_namespaces_and_sysctls_are_the_pods() {
+    let ctrd = Containerd::start_cri();
+    let logs = ctrd.dir().join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut cri = connect(ctrd.address()).await;
+        let mut config = pod_config("shared", &logs, HashMap::new());
+        let linux = config.linux.as_mut().unwrap();
+        linux.sysctls = HashMap::from(
+            [("kernel.shm_rmid_forced", "1"), ("kernel.msgmax", "4096")]
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let ns = linux
+            .security_context
+            .as_mut()
+            .unwrap()
+            .namespace_options
+            .as_mut()
+            .unwrap();
+        ns.pid = NamespaceMode::Pod as i32;
+        ns.ipc = NamespaceMode::Pod as i32;
+        let pod = run_pod(&mut cri, &ctrd, &config).await;
+        let with_pid = |name: &str, command: &[&str], pid: NamespaceMode| {
+            with_security(
+                container_config(name, command),
+                LinuxContainerSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Node as i32,
+                        pid: pid as i32,
+                        ipc: NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+        };
+        // A POSIX message queue (IPC namespace) made by one container...
+        let maker = with_pid(
+            "maker",
+            &[
+                "sh",
+                "-c",
+                "touch /dev/mqueue/firedoor-q && exec sleep 1000001",
+            ],
+            NamespaceMode::Pod,
+        );
+        start_container(&mut cri, &ctrd, &pod, &config, maker).await;
+        let viewer = with_pid("viewer", &["sleep", "1000002"], NamespaceMode::Pod);
+        let viewer = start_container(&mut cri, &ctrd, &pod, &config, viewer).await;
+        // ...is seen by another, which also sees the pod's processes (its
+        // /proc/1 is the sandbox's), hostname and sysctls.
+        let out = exec_sh(
+            &mut cri,
+            &viewer,
+            "ls /dev/mqueue; tr '\\0' ' ' < /proc/1/cmdline; echo; \
+             ps -o args | grep -c '^sleep 100000[12]$'; hostname; \
+             cat /proc/sys/kernel/shm_rmid_forced /proc/sys/kernel/msgmax",
+        )
+        .await;
+        assert_eq!(out, "firedoor-q\nsleep 2147483647 \n2\nshared\n1\n4096\n");
+
+        let own = with_pid("own-pid", &["sleep", "1000003"], NamespaceMode::Container);
+        let own = start_container(&mut cri, &ctrd, &pod, &config, own).await;
+        let out = exec_sh(
+            &mut cri,
+            &own,
+            "tr '\\0' ' ' < /proc/1/cmdline; echo; ps -o args | grep -c '^sleep'",
+        )
+        .await;
+        assert_eq!(out, "sleep 1000003 \n1\n");
+
+        remove_pod(&mut cri, &ctrd, &pod).await;
+
+        // hostPID (NODE, set on the pod as the kubelet does): the guest's
+        // own PID namespace, whose PID 1 is the agent, with every process
+        // of the pod in it.
+        let mut config = pod_config("node", &logs, HashMap::new());
+        let ns = config
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap();
+        ns.namespace_options.as_mut().unwrap().pid = NamespaceMode::Node as i32;
+        let pod = run_pod(&mut cri, &ctrd, &config).await;
+        let node = with_pid("node-pid", &["sleep", "1000004"], NamespaceMode::Node);
+        let node = start_container(&mut cri, &ctrd, &pod, &config, node).await;
+        let out = exec_sh(
+            &mut cri,
+            &node,
+            "ps -o pid,args | grep -E '^ *1 |sleep (2147483647|1000004)$'",
+        )
+        .await;
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with("1 ") && !l.contains("sleep")),
+            "{out}"
+        );
+        for sleep in ["2147483647", "1000004"] {
+            assert!(out.contains(&format!("sleep {sleep}")), "{sleep}: {out}");
+        }
+        remove_pod(&mut cri, &ctrd, &pod).await;
+    });
+}
+
+/// Stops a container with `timeout` seconds of grace; returns how long
+/// StopContainer took.
+async fn stop_container(cri: &mut Cri, id: &str, timeout: i64) -> Duration {
+    let start = Instant::now();
+    cri.stop_container(StopContainerRequest {
+        container_id: id.into(),
+        timeout,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StopContainer {id}: {e}"));
+    start.elapsed()
+}
+
+/// Issue 9 items 5 and 6: an exec with a terminal works for 64-hex
+/// container and exec ids (resize included); a failed exec leaves nothing
+/// running once the pod is removed; StopContainer returns as soon as the
+/// container has exited on SIGTERM, and SIGKILLs one that ignores it when
+/// the timeout passes.
+#[test]
+fn terminal_exec_and_stop_are_exact() {
+    let ctrd = Containerd::start_cri();
+    let logs = ctrd.dir().join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut cri = connect(ctrd.address()).await;
+        let config = pod_config("stops", &logs, HashMap::new());
+        let pod = run_pod(&mut cri, &ctrd, &config).await;
+        let polite = container_config(
+            "polite",
+            &["sh", "-c", "trap 'exit 0' TERM; touch /tmp/ready; while true; do sleep 0.1; done"],
+        );
+        let polite = start_container(&mut cri, &ctrd, &pod, &config, polite).await;
+        // Ignores SIGTERM (as PID 1 of a PID namespace without a handler
+        // would).
+        let stubborn = container_config(
+            "stubborn",
+            &["sh", "-c", "trap '' TERM; touch /tmp/ready; while true; do sleep 0.1; done"],
+        );
+        let stubborn = start_container(&mut cri, &ctrd, &pod, &config, stubborn).await;
+        assert_eq!(polite.len(), 64, "CRI ids are 64 hex characters");
+
+        // A terminal exec with a 64-hex exec id, through ctr, its terminal
+        // given by script(1) and sized by it: the size reaches the guest.
+        let exec_id = "e".repeat(64);
+        let ctr = format!(
+            "stty rows 33 cols 101; /usr/bin/ctr --address {} -n k8s.io task exec -t --exec-id {exec_id} {polite} stty size",
+            ctrd.address().display()
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qec", &ctr, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{ctr}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("33 101"), "terminal size: {text:?}");
+
+        // A failed exec: the program does not exist.
+        let failed = cri
+            .exec_sync(ExecSyncRequest {
+                container_id: polite.clone(),
+                cmd: vec!["/no/such/program".into()],
+                timeout: 30,
+            })
+            .await;
+        assert!(
+            failed.as_ref().map_or(true, |r| r.get_ref().exit_code != 0),
+            "{failed:?}"
+        );
+
+        exec_sh(&mut cri, &polite, "test -e /tmp/ready").await;
+        let took = stop_container(&mut cri, &polite, 30).await;
+        assert!(took < Duration::from_secs(5), "SIGTERM stop took {took:?}");
+        assert_eq!(exit_code(&mut cri, &polite).await, 0);
+
+        exec_sh(&mut cri, &stubborn, "test -e /tmp/ready").await;
+        let took = stop_container(&mut cri, &stubborn, 3).await;
+        assert!(
+            took >= Duration::from_secs(3) && took < Duration::from_secs(8),
+            "stop with a 3 s timeout took {took:?}"
+        );
+        assert_eq!(exit_code(&mut cri, &stubborn).await, 128 + 9);
+        for id in [&polite, &stubborn] {
+            cri.remove_container(RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RemoveContainer {id}: {e}"));
+        }
+        // Nothing is left running, the failed exec's process record
+        // included: the shim exits with the pod.
+        remove_pod(&mut cri, &ctrd, &pod).await;
     });
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod helper;
 pub mod init;
 pub mod logger;
+pub mod namespaces;
 pub mod oom;
 pub mod runtime;
 pub mod sandbox;

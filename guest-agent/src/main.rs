@@ -47,10 +47,7 @@ const DEFAULT_CGROUP_PARENT: &str = "/firedoor";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if matches!(
-        args.get(1).map(String::as_str),
-        Some(helper::CREATE | helper::EXEC)
-    ) {
+    if args.get(1).map(String::as_str) == Some(helper::HELPER) {
         return helper::main(&args[1..]);
     }
     logger::init(LevelFilter::Info);
@@ -99,6 +96,7 @@ fn run_as_init() -> Result<(), BoxError> {
         },
         no_pivot: false,
         exe: "/proc/self/exe".into(),
+        pod_netns: firedoor_protocol::POD_NETNS_PATH.into(),
     };
     let paths = SandboxPaths {
         shared_dir: SHARED_DIR.into(),
@@ -156,6 +154,7 @@ fn run_as_process(mut args: impl Iterator<Item = String>) -> Result<(), BoxError
                 },
                 no_pivot: false,
                 exe: "/proc/self/exe".into(),
+                pod_netns: state_dir.join("netns/pod"),
             };
             let paths = SandboxPaths {
                 shared_dir: state_dir.join("shared"),

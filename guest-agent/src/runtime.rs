@@ -1,15 +1,20 @@
 //! Containers and their processes: the state behind the container RPCs.
 //!
 //! State directory layout (`--state-dir`, `/run/firedoor/agent` in the guest):
-//! `containers/<id>/` holds the bundle (`config.json`), exec process files,
-//! the console socket and `cgroup` (the group's path, for cleanup after a
-//! crash); `runtime/<id>/` is libcontainer's own state.
+//! `containers/<id>/` holds the bundle (`config.json`), exec process files
+//! and `cgroup` (the group's path, for cleanup after a crash);
+//! `runtime/<id>/` is libcontainer's own state; `consoles/<n>` are the
+//! console sockets, named by a counter: a socket path must stay under
+//! SUN_LEN (108 bytes) whatever the length of the ids (64 for CRI).
 
 use std::{
     collections::{HashMap, HashSet},
     fs,
     path::{Path, PathBuf},
-    sync::{mpsc, Arc, Condvar, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc, Condvar, Mutex, MutexGuard,
+    },
     time::{Duration, UNIX_EPOCH},
 };
 
@@ -19,6 +24,7 @@ use firedoor_protocol::{
 };
 use log::{info, warn};
 use nix::{sys::signal::Signal, unistd::Pid};
+use oci_spec::runtime::LinuxSeccomp;
 
 use crate::{
     cgroup::{
@@ -27,6 +33,7 @@ use crate::{
     },
     error::{chain, AgentError, Result},
     helper,
+    namespaces::{self, Joinable},
     oom::{OomCounter, OomEvents},
     signals::{self, Exit},
     spec::{self, Roots},
@@ -46,6 +53,9 @@ pub struct Options {
     pub no_pivot: bool,
     /// This program, run as the runtime helper.
     pub exe: PathBuf,
+    /// Where the pod network namespace is pinned
+    /// ([`firedoor_protocol::POD_NETNS_PATH`] in the guest).
+    pub pod_netns: PathBuf,
 }
 
 pub struct Process {
@@ -99,6 +109,8 @@ pub struct Container {
     id: String,
     cgroup: Cgroup,
     dir: PathBuf,
+    /// The container's seccomp profile, for its exec'd processes.
+    seccomp: Option<LinuxSeccomp>,
     init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
     started: Mutex<bool>,
@@ -139,6 +151,8 @@ pub struct Runtime {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Container ids and `container/exec` ids being created.
     reserved: Mutex<HashSet<String>>,
+    /// Names the next console socket.
+    next_console: AtomicU64,
     oom: Arc<OomEvents>,
 }
 
@@ -181,10 +195,15 @@ impl Runtime {
             opts,
             containers: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
+            next_console: AtomicU64::new(0),
             oom,
         };
         runtime.clean_stale_state();
-        for dir in [runtime.containers_dir(), runtime.runtime_dir()] {
+        for dir in [
+            runtime.containers_dir(),
+            runtime.runtime_dir(),
+            runtime.consoles_dir(),
+        ] {
             fs::create_dir_all(&dir)
                 .map_err(|e| AgentError::internal(format!("creating {dir:?}"), e))?;
         }
@@ -197,6 +216,16 @@ impl Runtime {
 
     fn runtime_dir(&self) -> PathBuf {
         self.opts.state_dir.join("runtime")
+    }
+
+    fn consoles_dir(&self) -> PathBuf {
+        self.opts.state_dir.join("consoles")
+    }
+
+    /// A fresh console socket path, short whatever the ids.
+    fn console_socket(&self) -> PathBuf {
+        let n = self.next_console.fetch_add(1, Ordering::Relaxed);
+        self.consoles_dir().join(n.to_string())
     }
 
     /// Kills the containers of a previous agent (found by their cgroups) and
@@ -216,6 +245,7 @@ impl Runtime {
             let _ = fs::remove_dir_all(entry.path());
         }
         let _ = fs::remove_dir_all(self.runtime_dir());
+        let _ = fs::remove_dir_all(self.consoles_dir());
     }
 
     fn reserve(&self, key: String, exists: bool) -> Result<Reservation<'_>> {
@@ -248,13 +278,22 @@ impl Runtime {
 
         let mut spec = spec::parse_spec(&req.oci_spec_json)?;
         let cgroup_path = format!("{}/{id}", self.opts.cgroup_parent.trim_end_matches('/'));
-        spec::prepare(
+        let init_pids = self.live_init_pids();
+        let joinable = Joinable {
+            init_pids: &init_pids,
+            pod_netns: &self.opts.pod_netns,
+        };
+        let pod_netns = spec::prepare(
             &mut spec,
             Path::new(&req.rootfs),
             &self.opts.roots,
             &cgroup_path,
             terminal,
+            &joinable,
         )?;
+        if pod_netns {
+            namespaces::ensure_pod_netns(&self.opts.pod_netns)?;
+        }
         let dir = self.containers_dir().join(id);
         let cgroup = Cgroup::new(&self.opts.cgroup_mount, &cgroup_path);
         let result = self.create_in(id, &spec, &dir, &cgroup, streams, terminal);
@@ -272,6 +311,15 @@ impl Runtime {
                 Err(e)
             }
         }
+    }
+
+    /// Init pids of the containers whose namespaces others may join.
+    fn live_init_pids(&self) -> Vec<i32> {
+        lock(&self.containers)
+            .values()
+            .filter(|c| c.init.exit().is_none())
+            .map(|c| c.init.pid)
+            .collect()
     }
 
     fn create_in(
@@ -292,7 +340,7 @@ impl Runtime {
             .map_err(|e| internal("writing config.json", &e))?;
         let (side, streams) =
             Streams::new(enabled, terminal).map_err(|e| internal("stdio pipes", &e))?;
-        let console = dir.join("console.sock");
+        let console = self.console_socket();
         let request = helper::Request {
             state_root: self.runtime_dir(),
             id: id.into(),
@@ -329,6 +377,7 @@ impl Runtime {
             id: id.into(),
             cgroup: cgroup.clone(),
             dir: dir.to_owned(),
+            seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
             init: Process::new(pid, streams),
             execs: Mutex::new(HashMap::new()),
             started: Mutex::new(false),
@@ -361,7 +410,15 @@ impl Runtime {
             ),
             None => None,
         };
-        let mut command = request.command(&self.opts.exe);
+        let file = request.result.with_extension("request");
+        let command = request.command(&self.opts.exe, &file);
+        let mut command = match command {
+            Ok(command) => command,
+            Err(e) => {
+                let _ = fs::remove_file(&file);
+                return Err(AgentError::internal(format!("{what}: helper request"), e));
+            }
+        };
         command
             .stdin(side.stdin)
             .stdout(side.stdout)
@@ -374,9 +431,13 @@ impl Runtime {
         // Our copies of the process's stdio ends must not keep its pipes open.
         drop(command);
         drop(child);
-        let exit = rx
-            .recv()
-            .map_err(|e| AgentError::internal(format!("{what}: runtime helper"), e))?;
+        let exit = rx.recv();
+        let _ = fs::remove_file(&file);
+        if let Some(path) = &request.console_socket {
+            // The connection, if any, waits in the listener.
+            let _ = fs::remove_file(path);
+        }
+        let exit = exit.map_err(|e| AgentError::internal(format!("{what}: runtime helper"), e))?;
         let text = fs::read_to_string(&request.result).unwrap_or_default();
         let _ = fs::remove_file(&request.result);
         if exit.status != 0 {
@@ -432,6 +493,7 @@ impl Runtime {
         let (enabled, terminal) = enabled(req.stdio.as_ref());
         let mut process = spec::parse_process(&req.process_json)?;
         process.set_terminal(Some(terminal));
+        let seccomp = spec::exec_seccomp(&mut process, container.seccomp.as_ref());
 
         let what = format!("exec {exec_id} in container {id}");
         let process_file = container.dir.join(format!("exec-{exec_id}.json"));
@@ -443,9 +505,10 @@ impl Runtime {
             state_root: self.runtime_dir(),
             id: id.into(),
             result: container.dir.join(format!("exec-{exec_id}.result")),
-            console_socket: terminal.then(|| container.dir.join(format!("exec-{exec_id}.sock"))),
+            console_socket: terminal.then(|| self.console_socket()),
             job: helper::Job::Exec {
                 process: process_file.clone(),
+                seccomp: seccomp.map(Box::new),
             },
         };
         let result = self.run_helper(&request, side, &what);

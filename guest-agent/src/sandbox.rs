@@ -79,11 +79,14 @@ impl Sandbox {
             }
         }
         if !req.shared_fs_tag.is_empty() {
+            // Not nosuid: the share holds the containers' rootfs, whose
+            // setuid binaries work unless no_new_privs is on (as with runc).
+            // Volumes get their own options from the container's spec.
             let share = Mount {
                 source: req.shared_fs_tag.clone(),
                 destination: self.paths.shared_dir.display().to_string(),
                 fstype: "virtiofs".into(),
-                options: vec!["nosuid".into(), "nodev".into()],
+                options: vec!["nodev".into()],
                 ..Default::default()
             };
             mounts.push(make_mount(&share, "shared_fs_tag")?);

@@ -6,10 +6,16 @@ use std::{
 };
 
 use log::debug;
-use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, LinuxResources, Process, Root, Spec};
+use oci_spec::runtime::{
+    Capability, LinuxNamespaceType, LinuxResources, LinuxSeccomp, Process, Root, Spec,
+};
 use serde::de::DeserializeOwned;
 
-use crate::error::{AgentError, Result};
+use crate::{
+    error::{AgentError, Result},
+    helper::ExecSeccomp,
+    namespaces::{self, Joinable},
+};
 
 /// Where container paths may point in the guest.
 #[derive(Debug, Clone, Default)]
@@ -72,39 +78,85 @@ pub fn parse_spec(json: &[u8]) -> Result<Spec> {
 }
 
 pub fn parse_process(json: &[u8]) -> Result<Process> {
-    let process: Process = parse("process_json", json)?;
+    let mut process: Process = parse("process_json", json)?;
     if process.args().as_ref().map_or(0, Vec::len) == 0 {
         return Err(AgentError::InvalidArgument(
             "process_json: args: missing or empty".into(),
         ));
     }
+    normalize_no_new_privileges(&mut process);
     Ok(process)
+}
+
+/// `noNewPrivileges: false` becomes absent. libcontainer loads the seccomp
+/// profile after dropping capabilities whenever the field is present, even
+/// when false, and without no_new_privs or CAP_SYS_ADMIN that load fails;
+/// absent, it loads the profile first, as runc does for false.
+fn normalize_no_new_privileges(process: &mut Process) {
+    if process.no_new_privileges() == Some(false) {
+        process.set_no_new_privileges(None);
+    }
+}
+
+/// How an exec'd process of a container with seccomp `profile` gets it (see
+/// [`ExecSeccomp`]): with no_new_privs off and no CAP_SYS_ADMIN of its own,
+/// `process` is given CAP_SYS_ADMIN for the load and its own capabilities
+/// are restored right after.
+pub fn exec_seccomp(process: &mut Process, profile: Option<&LinuxSeccomp>) -> Option<ExecSeccomp> {
+    let profile = profile?.clone();
+    let plain = |profile| {
+        Some(ExecSeccomp {
+            profile,
+            capabilities: None,
+        })
+    };
+    if process.no_new_privileges() == Some(true) {
+        return plain(profile);
+    }
+    let Some(own) = process.capabilities().clone() else {
+        // libcontainer leaves the capabilities as they are (all, for root).
+        return plain(profile);
+    };
+    if own
+        .effective()
+        .as_ref()
+        .is_some_and(|e| e.contains(&Capability::SysAdmin))
+    {
+        return plain(profile);
+    }
+    let with_admin = |set: &Option<oci_spec::runtime::Capabilities>| {
+        set.clone().map(|mut set| {
+            set.insert(Capability::SysAdmin);
+            set
+        })
+    };
+    let mut for_load = own.clone();
+    for_load
+        .set_effective(with_admin(own.effective()))
+        .set_permitted(with_admin(own.permitted()));
+    process.set_capabilities(Some(for_load));
+    Some(ExecSeccomp {
+        profile,
+        capabilities: Some(own),
+    })
 }
 
 pub fn parse_resources(json: &[u8]) -> Result<LinuxResources> {
     parse("resources_json", json)
 }
 
-/// Namespaces every container gets of its own; the network namespace is
-/// the guest's, shared by the pod.
-const OWN_NAMESPACES: [LinuxNamespaceType; 4] = [
-    LinuxNamespaceType::Mount,
-    LinuxNamespaceType::Pid,
-    LinuxNamespaceType::Uts,
-    LinuxNamespaceType::Ipc,
-];
-
 /// Adapts a host-made spec to the guest: the checked rootfs, bind-mount
-/// sources checked against `roots`, our cgroup, fresh namespaces (paths in
-/// the spec are host paths and mean nothing here), no network namespace, no
-/// hooks (host binaries), and the terminal as the host asked.
+/// sources checked against `roots`, our cgroup, the namespaces resolved by
+/// [`namespaces::resolve`], no hooks (host binaries), and the terminal as the
+/// host asked. Returns whether the container joins the pod network namespace.
 pub fn prepare(
     spec: &mut Spec,
     rootfs: &Path,
     roots: &Roots,
     cgroup_path: &str,
     terminal: bool,
-) -> Result<()> {
+    joinable: &Joinable<'_>,
+) -> Result<bool> {
     let rootfs = roots.check("rootfs", rootfs)?;
     if !rootfs.is_dir() {
         return Err(AgentError::InvalidArgument(format!(
@@ -118,6 +170,7 @@ pub fn prepare(
 
     if let Some(process) = spec.process_mut() {
         process.set_terminal(Some(terminal));
+        normalize_no_new_privileges(process);
     }
 
     if let Some(mounts) = spec.mounts_mut() {
@@ -148,30 +201,21 @@ pub fn prepare(
 
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
     linux.set_cgroups_path(Some(cgroup_path.into()));
-    let mut namespaces: Vec<LinuxNamespace> = linux
-        .namespaces()
+    let (namespaces, pod_netns) = namespaces::resolve(linux.namespaces().as_deref(), joinable)?;
+    let own_uts = namespaces
         .iter()
-        .flatten()
-        .filter(|ns| ns.typ() != LinuxNamespaceType::Network)
-        .map(|ns| {
-            if let Some(path) = ns.path() {
-                debug!("ignoring host namespace path {path:?}");
-            }
-            let mut ns = ns.clone();
-            ns.set_path(None);
-            ns
-        })
-        .collect();
-    for typ in OWN_NAMESPACES {
-        if !namespaces.iter().any(|ns| ns.typ() == typ) {
-            let mut ns = LinuxNamespace::default();
-            ns.set_typ(typ);
-            namespaces.push(ns);
-        }
-    }
+        .any(|ns| ns.typ() == LinuxNamespaceType::Uts);
     linux.set_namespaces(Some(namespaces));
+    // Without a UTS namespace entry the container is in the guest's, whose
+    // hostname the sandbox set (containerd's CRI leaves the entry out for
+    // host-network pods but still names the hostname, which runc would
+    // refuse to set then).
+    if !own_uts && spec.hostname().is_some() {
+        debug!("no UTS namespace of its own: the guest's hostname stays");
+        spec.set_hostname(None);
+    }
     spec.set_hooks(None);
-    Ok(())
+    Ok(pod_netns)
 }
 
 #[cfg(test)]
@@ -225,33 +269,43 @@ mod tests {
 
     #[test]
     fn prepare_sets_namespaces_cgroup_and_checks_binds() {
+        use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType};
         let dir = tempfile::tempdir().unwrap();
         let rootfs = dir.path().join("rootfs");
         fs::create_dir(&rootfs).unwrap();
+        let joinable = Joinable {
+            init_pids: &[7],
+            pod_netns: Path::new("/run/firedoor/netns/pod"),
+        };
         let mut spec = Spec::default();
         let mut linux = spec.linux().clone().unwrap();
         let mut net = LinuxNamespace::default();
         net.set_typ(LinuxNamespaceType::Network)
-            .set_path(Some("/proc/1/ns/net".into()));
-        linux.set_namespaces(Some(vec![net]));
+            .set_path(Some(joinable.pod_netns.into()));
+        let mut ipc = LinuxNamespace::default();
+        ipc.set_typ(LinuxNamespaceType::Ipc)
+            .set_path(Some("/proc/7/ns/ipc".into()));
+        linux.set_namespaces(Some(vec![net.clone(), ipc.clone()]));
         spec.set_linux(Some(linux));
 
-        prepare(&mut spec, &rootfs, &roots(dir.path()), "/firedoor/c1", true).unwrap();
+        let pod_netns = prepare(
+            &mut spec,
+            &rootfs,
+            &roots(dir.path()),
+            "/firedoor/c1",
+            true,
+            &joinable,
+        )
+        .unwrap();
+        assert!(pod_netns);
         let linux = spec.linux().as_ref().unwrap();
         assert_eq!(
             linux.cgroups_path().as_deref(),
             Some(Path::new("/firedoor/c1"))
         );
-        let types: Vec<_> = linux
-            .namespaces()
-            .iter()
-            .flatten()
-            .map(|n| n.typ())
-            .collect();
-        for typ in OWN_NAMESPACES {
-            assert!(types.contains(&typ), "{types:?}");
-        }
-        assert!(!types.contains(&LinuxNamespaceType::Network));
+        let namespaces = linux.namespaces().clone().unwrap();
+        assert_eq!(namespaces[..2], [net, ipc]);
+        assert_eq!(namespaces[2].typ(), LinuxNamespaceType::Mount);
         assert_eq!(spec.process().as_ref().unwrap().terminal(), Some(true));
 
         let mut bind = oci_spec::runtime::Mount::default();
@@ -259,7 +313,50 @@ mod tests {
             .set_typ(Some("bind".into()))
             .set_source(Some("/etc".into()));
         spec.set_mounts(Some(vec![bind]));
-        let err = prepare(&mut spec, &rootfs, &roots(dir.path()), "/x", false).unwrap_err();
+        let err = prepare(
+            &mut spec,
+            &rootfs,
+            &roots(dir.path()),
+            "/x",
+            false,
+            &joinable,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("mounts[0].source"), "{err}");
+    }
+
+    #[test]
+    fn exec_seccomp_adds_sys_admin_only_for_the_load() {
+        let profile: LinuxSeccomp =
+            serde_json::from_str(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).unwrap();
+        let base = parse_process(
+            br#"{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0},"noNewPrivileges":false,
+                "capabilities":{"bounding":["CAP_KILL"],"effective":["CAP_KILL"],"permitted":["CAP_KILL"]}}"#,
+        )
+        .unwrap();
+        // false became absent: libcontainer then loads seccomp before dropping caps.
+        assert_eq!(base.no_new_privileges(), None);
+
+        assert_eq!(exec_seccomp(&mut base.clone(), None), None);
+
+        let mut process = base.clone();
+        let plan = exec_seccomp(&mut process, Some(&profile)).unwrap();
+        assert_eq!(plan.capabilities.as_ref(), base.capabilities().as_ref());
+        let caps = process.capabilities().clone().unwrap();
+        for set in [caps.effective(), caps.permitted()] {
+            assert!(set.as_ref().unwrap().contains(&Capability::SysAdmin));
+        }
+        assert!(!caps
+            .bounding()
+            .as_ref()
+            .unwrap()
+            .contains(&Capability::SysAdmin));
+
+        // With no_new_privs, the filter loads without privilege.
+        let mut process = base.clone();
+        process.set_no_new_privileges(Some(true));
+        let plan = exec_seccomp(&mut process, Some(&profile)).unwrap();
+        assert_eq!(plan.capabilities, None);
+        assert_eq!(process.capabilities(), base.capabilities());
     }
 }

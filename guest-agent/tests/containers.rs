@@ -284,7 +284,8 @@ fn process(args: &[&str], terminal: bool) -> serde_json::Value {
     })
 }
 
-/// What `runc spec` writes, minus the network namespace.
+/// What `runc spec` writes, minus the network namespace (no entry: the
+/// agent's own, here the host's).
 fn spec(args: &[&str], terminal: bool) -> serde_json::Value {
     json!({
         "ociVersion": "1.0.2",
@@ -306,8 +307,7 @@ fn spec(args: &[&str], terminal: bool) -> serde_json::Value {
         ],
         "linux": {
             "namespaces": [
-                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
-                {"type": "network", "path": "/proc/1/ns/net"}
+                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}
             ],
             "maskedPaths": ["/proc/kcore", "/proc/keys", "/sys/firmware"],
             "readonlyPaths": ["/proc/bus", "/proc/sys", "/proc/sysrq-trigger"]
@@ -726,4 +726,233 @@ fn device_rules_are_enforced_and_updates_replace_them() {
     let (status, _) = exec_script(&agent, "devs", "again", ": < /dev/loop");
     assert_eq!(status, 0);
     agent.remove("devs");
+}
+
+/// A seccomp profile that allows everything but chmod(2) and sethostname(2)
+/// (what a containerd `Localhost` profile becomes in the spec).
+fn deny_chmod_and_sethostname() -> serde_json::Value {
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{
+            "names": ["chmod", "fchmod", "fchmodat", "fchmodat2", "sethostname"],
+            "action": "SCMP_ACT_ERRNO", "errnoRet": 1
+        }]
+    })
+}
+
+/// Runs `script` as an exec of `id` (with `process` as its base) and
+/// returns its stdout.
+fn exec_output(agent: &Agent, id: &str, exec_id: &str, process: serde_json::Value) -> String {
+    let req = ExecProcessRequest {
+        container_id: id.into(),
+        exec_id: exec_id.into(),
+        process_json: serde_json::to_vec(&process).unwrap(),
+        stdio: Some(stdio(false, true, false, false)).into(),
+        ..Default::default()
+    };
+    agent.client.exec_process(ctx(), &req).unwrap();
+    let out = agent.read_all(id, exec_id, Stream::Stdout);
+    assert_eq!(agent.wait(id, exec_id), 0, "{exec_id}: {out}");
+    out
+}
+
+/// What a process reports about its confinement: its Seccomp and CapEff
+/// lines, and whether chmod and hostname were refused.
+const CONFINEMENT: &str = "grep -E '^(Seccomp|CapEff):' /proc/self/status; \
+    chmod 400 /tmp 2>/dev/null && echo chmod allowed || echo chmod denied; \
+    hostname x 2>/dev/null && echo hostname allowed || echo hostname denied";
+
+#[test]
+fn seccomp_applies_to_init_and_exec_processes() {
+    let agent = Agent::start();
+    // no_new_privs off (the Kubernetes default) and on.
+    for (id, no_new_privs) in [("nnp-off", json!(null)), ("nnp-on", json!(true))] {
+        let mut confined = spec(&["sh", "-c", CONFINEMENT], false);
+        confined["process"]["noNewPrivileges"] = no_new_privs.clone();
+        // CAP_SYS_ADMIN: sethostname must fail for seccomp's sake alone.
+        for set in ["bounding", "effective", "permitted"] {
+            confined["process"]["capabilities"][set]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_SYS_ADMIN"));
+        }
+        confined["linux"]["seccomp"] = deny_chmod_and_sethostname();
+        agent
+            .create_raw(
+                id,
+                serde_json::to_vec(&confined).unwrap(),
+                stdio(false, true, false, false),
+            )
+            .unwrap();
+        agent.start_container(id).unwrap();
+        let init = agent.read_all(id, "", Stream::Stdout);
+        assert_eq!(agent.wait(id, ""), 0, "{init}");
+        assert!(init.contains("Seccomp:\t2"), "{id} init: {init}");
+        assert!(init.contains("chmod denied"), "{id} init: {init}");
+        assert!(init.contains("hostname denied"), "{id} init: {init}");
+        agent.remove(id);
+
+        // Exec'd processes, with the process's own capabilities.
+        let mut sleeper = spec(&["sleep", "1000"], false);
+        sleeper["process"]["noNewPrivileges"] = no_new_privs.clone();
+        sleeper["linux"]["seccomp"] = deny_chmod_and_sethostname();
+        agent
+            .create_raw(
+                id,
+                serde_json::to_vec(&sleeper).unwrap(),
+                stdio(false, false, false, false),
+            )
+            .unwrap();
+        agent.start_container(id).unwrap();
+        let mut process = process(&["sh", "-c", CONFINEMENT], false);
+        process["noNewPrivileges"] = no_new_privs.clone();
+        let out = exec_output(&agent, id, "confined", process.clone());
+        assert!(out.contains("Seccomp:\t2"), "{id} exec: {out}");
+        assert!(out.contains("chmod denied"), "{id} exec: {out}");
+        assert!(out.contains("hostname denied"), "{id} exec: {out}");
+        // The CAP_SYS_ADMIN the filter was loaded with is gone again.
+        let cap_eff = out
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+            .unwrap();
+        assert_eq!(cap_eff & (1 << 21), 0, "{id}: CAP_SYS_ADMIN left: {out}");
+        assert_ne!(cap_eff, 0, "{id}: {out}");
+        agent.signal(id, "", libc::SIGKILL);
+        agent.wait(id, "");
+        agent.remove(id);
+    }
+
+    // Without a profile, processes run unconfined.
+    agent
+        .create(
+            "free",
+            &["sleep", "1000"],
+            stdio(false, false, false, false),
+        )
+        .unwrap();
+    agent.start_container("free").unwrap();
+    let out = exec_output(
+        &agent,
+        "free",
+        "e",
+        process(&["grep", "^Seccomp:", "/proc/self/status"], false),
+    );
+    assert_eq!(out, "Seccomp:\t0\n");
+    agent.remove("free");
+}
+
+/// A 136-byte static x86-64 program that exits with its effective uid
+/// (geteuid; exit): 0 when a setuid-root copy escalated, 1000 & 255 = 232
+/// when it did not.
+const EUID_PROGRAM: &str = "f0VMRgIBAQAAAAAAAAAAAAIAPgABAAAAeABAAAAAAABAAAAAAAAAAAAAAAAAAAAAAAAAAEAAOAABAAAAAAAAAAEAAAAFAAAAAAAAAAAAAAAAAEAAAAAAAAAAQAAAAAAAiAAAAAAAAACIAAAAAAAAAAAQAAAAAAAAuGsAAAAPBYnHuDwAAAAPBQ==";
+
+#[test]
+fn no_new_privileges_decides_whether_setuid_escalates() {
+    use std::os::unix::fs::PermissionsExt;
+    let agent = Agent::start();
+    let euid = agent.sock("rootfs/bin/euid");
+    let decoded = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(EUID_PROGRAM.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    fs::write(&euid, decoded.stdout).unwrap();
+    fs::set_permissions(&euid, fs::Permissions::from_mode(0o4755)).unwrap();
+    for (id, no_new_privs, status) in [("allowed", json!(null), 0), ("denied", json!(true), 232)] {
+        let mut euid = spec(&["/bin/euid"], false);
+        euid["process"]["noNewPrivileges"] = no_new_privs;
+        euid["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+        agent
+            .create_raw(
+                id,
+                serde_json::to_vec(&euid).unwrap(),
+                stdio(false, false, false, false),
+            )
+            .unwrap();
+        agent.start_container(id).unwrap();
+        assert_eq!(agent.wait(id, ""), status, "{id}");
+        agent.remove(id);
+    }
+}
+
+#[test]
+fn pod_containers_share_the_namespaces_they_name() {
+    let agent = Agent::start();
+    let pod_netns = agent.sock("state/netns/pod");
+    let mut sandbox = spec(&["sleep", "1000"], false);
+    sandbox["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "network", "path": pod_netns}));
+    sandbox["linux"]["sysctl"] = json!({
+        "kernel.shm_rmid_forced": "1",
+        "net.ipv4.ip_local_port_range": "40000 50000"
+    });
+    let pause = agent
+        .create_raw(
+            "pause",
+            serde_json::to_vec(&sandbox).unwrap(),
+            stdio(false, false, false, false),
+        )
+        .unwrap();
+    agent.start_container("pause").unwrap();
+
+    // The app joins the sandbox's pid, ipc and uts namespaces by the paths
+    // containerd's CRI writes, and the pod network namespace.
+    let mut app = spec(
+        &[
+            "sh",
+            "-c",
+            "ps -o pid,args | grep -q '^ *1 sleep 1000' && echo pid shared; \
+             cat /proc/sys/kernel/shm_rmid_forced /proc/sys/net/ipv4/ip_local_port_range; \
+             hostname; \
+             ip -o link | grep -c ': lo:.*UP'; ip -o link | wc -l",
+        ],
+        false,
+    );
+    app["linux"]["namespaces"] = json!([
+        {"type": "pid", "path": format!("/proc/{pause}/ns/pid")},
+        {"type": "ipc", "path": format!("/proc/{pause}/ns/ipc")},
+        {"type": "uts", "path": format!("/proc/{pause}/ns/uts")},
+        {"type": "network", "path": pod_netns},
+        {"type": "mount"}
+    ]);
+    app["hostname"] = json!(null);
+    agent
+        .create_raw(
+            "app",
+            serde_json::to_vec(&app).unwrap(),
+            stdio(false, true, false, false),
+        )
+        .unwrap();
+    agent.start_container("app").unwrap();
+    let out = agent.read_all("app", "", Stream::Stdout);
+    assert_eq!(agent.wait("app", ""), 0, "{out}");
+    // Only lo, up, in the pod network namespace.
+    assert_eq!(out, "pid shared\n1\n40000\t50000\nbusybox\n1\n1\n");
+    agent.remove("app");
+
+    // A path naming a process that is not a container's init is refused.
+    let mut bad = spec(&["true"], false);
+    bad["linux"]["namespaces"] = json!([{"type": "ipc", "path": "/proc/1/ns/ipc"}]);
+    let err = agent
+        .create_raw(
+            "bad",
+            serde_json::to_vec(&bad).unwrap(),
+            stdio(false, false, false, false),
+        )
+        .unwrap_err();
+    assert_eq!(code(&err), Code::INVALID_ARGUMENT, "{err:?}");
+    agent.remove("pause");
 }

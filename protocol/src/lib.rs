@@ -22,6 +22,12 @@ pub const GUEST_SHARED_DIR: &str = "/run/firedoor/shared";
 /// vsock port the agent listens on unless the kernel command line says otherwise.
 pub const DEFAULT_AGENT_PORT: u32 = 1024;
 
+/// Guest path of the pod network namespace (a bind mount of its nsfs file),
+/// made by the agent on first use. The shim rewrites a spec's host network
+/// namespace path (CRI's CNI namespace, Docker's) to it; the pod's NICs live
+/// in it.
+pub const POD_NETNS_PATH: &str = "/run/firedoor/netns/pod";
+
 /// The line the agent prints on the serial console, whatever its log level,
 /// once it accepts connections on vsock `port`. The host waits for it before
 /// connecting: connecting to a guest whose vsock driver is not up yet has

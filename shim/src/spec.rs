@@ -73,10 +73,11 @@ fn is_bind(mount: &Mount) -> bool {
 }
 
 /// Rewrites a host spec for the guest: the rootfs and bind-mount sources
-/// become guest paths; namespaces given by host path (a pod's shared
-/// namespaces) are dropped or made fresh, since host paths mean nothing in
-/// the guest (the pod shares the guest's network namespace); hooks, which
-/// would run host binaries, are dropped.
+/// become guest paths; namespaces go through unchanged (the pids in
+/// `/proc/<pid>/ns/...` paths are guest pids: the shim reports guest pids)
+/// except that a network namespace given by a host path (CRI's CNI
+/// namespace, Docker's) becomes the guest's pod network namespace; hooks,
+/// which would run host binaries, and host device nodes are dropped.
 pub fn for_guest(
     mut spec: Spec,
     guest_rootfs: &str,
@@ -94,11 +95,13 @@ pub fn for_guest(
         }
     }
     if let Some(linux) = spec.linux_mut() {
-        if let Some(namespaces) = linux.namespaces_mut() {
-            namespaces
-                .retain(|ns| !(ns.typ() == LinuxNamespaceType::Network && ns.path().is_some()));
-            for ns in namespaces.iter_mut() {
-                ns.set_path(None);
+        // Device nodes named by the host (all of the host's, for a
+        // privileged container) mean nothing in the guest, whose devices are
+        // its own: a privileged container is privileged in the guest only.
+        linux.set_devices(None);
+        for ns in linux.namespaces_mut().iter_mut().flatten() {
+            if ns.typ() == LinuxNamespaceType::Network && ns.path().is_some() {
+                ns.set_path(Some(firedoor_protocol::POD_NETNS_PATH.into()));
             }
         }
     }
@@ -119,7 +122,8 @@ mod tests {
             {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "ro"]},
             {"destination": "/etc/hosts", "source": "/var/lib/hosts", "options": ["bind"]}
         ],
-        "linux": {"namespaces": [
+        "linux": {"devices": [{"path": "/dev/kvm", "type": "c", "major": 10, "minor": 232}],
+        "namespaces": [
             {"type": "pid"}, {"type": "network", "path": "/var/run/netns/cni-1"}, {"type": "ipc", "path": "/proc/9/ns/ipc"}
         ]},
         "hooks": {"prestart": [{"path": "/usr/bin/true"}]}
@@ -169,9 +173,20 @@ mod tests {
             .namespaces()
             .as_ref()
             .unwrap();
-        assert_eq!(namespaces.len(), 2, "{namespaces:?}");
-        assert!(namespaces.iter().all(|ns| ns.path().is_none()));
+        let paths: Vec<_> = namespaces
+            .iter()
+            .map(|ns| ns.path().as_ref().and_then(|p| p.to_str()))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                None,
+                Some(firedoor_protocol::POD_NETNS_PATH),
+                Some("/proc/9/ns/ipc")
+            ]
+        );
         assert!(guest.hooks().is_none());
+        assert_eq!(guest.linux().as_ref().unwrap().devices(), &None);
     }
 
     #[test]

@@ -14,8 +14,13 @@ pub(super) fn delete(shared: &Arc<Shared>, req: api::DeleteRequest) -> Result<ap
     let process = shared.process(id, exec_id)?;
     let exit = match process.phase() {
         Phase::Stopped(exit) => exit,
-        // Never started: nothing ran, nothing to report.
-        Phase::Created => ExitInfo::now(0),
+        // Never started: nothing ran, nothing to report; but a Wait on it
+        // must return.
+        Phase::Created => {
+            let exit = ExitInfo::now(0);
+            process.set_exited(exit);
+            exit
+        }
         Phase::Running => {
             return Err(ShimError::FailedPrecondition(format!(
                 "process {} of container {id} is still running: kill it first",

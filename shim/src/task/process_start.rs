@@ -6,11 +6,15 @@ use containerd_shim::api;
 use firedoor_protocol::agent::ExecProcessRequest;
 use log::info;
 
-use super::{process::Phase, process_wait::spawn_waiter, Shared};
+use super::{process::Phase, process_wait::spawn_waiter, ExitInfo, Shared};
 use crate::{
     error::{Result, ShimError},
     stdio::ProcessIo,
 };
+
+/// The exit status of an exec that could not be started (runc's shim also
+/// releases its waiters then).
+const EXEC_FAILED_STATUS: u32 = 255;
 
 pub(super) fn start(shared: &Arc<Shared>, req: api::StartRequest) -> Result<api::StartResponse> {
     let (id, exec_id) = (req.id.as_str(), req.exec_id.as_str());
@@ -40,7 +44,15 @@ pub(super) fn start(shared: &Arc<Shared>, req: api::StartRequest) -> Result<api:
             stdio: Some(process.stdio.agent_stdio()).into(),
             ..Default::default()
         };
-        let reply = agent.exec_process(&request)?;
+        let reply = match agent.exec_process(&request) {
+            Ok(reply) => reply,
+            Err(e) => {
+                // Waiters (containerd waits on an exec before it starts it)
+                // must not block for ever on a process that never ran.
+                process.set_exited(ExitInfo::now(EXEC_FAILED_STATUS));
+                return Err(e);
+            }
+        };
         process.set_pid(reply.pid);
         let io = ProcessIo::attach(&process.stdio, id, exec_id, &shared.namespace, &|| {
             sandbox.connect_stdio()
