@@ -1,5 +1,7 @@
 //! End-to-end tests on real KVM with tiny hand-assembled 64-bit guests,
 //! loaded through the same vmlinux (ELF) path as a Linux kernel.
+// Test guests: small code lengths and addresses fit 16/32-bit fields.
+#![allow(clippy::cast_possible_truncation)]
 
 use std::io::Write;
 use std::path::Path;

@@ -244,7 +244,7 @@ mod tests {
         assert!(d.to_string().contains("unknown disk option"));
         assert!(!parse_disk("x.img").unwrap().read_only);
         assert!(!parse_disk("x.img,rw").unwrap().read_only);
-        assert!(parse_disk(",ro").is_err());
+        parse_disk(",ro").unwrap_err();
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Helpers shared by the unit tests and the integration tests
 //! (`tests/*.rs` include this file with `#[path]`): a minimal ELF64 writer
 //! and a tiny x86 byte assembler for hand-made guest programs.
-
+// Test guests: small code lengths and addresses fit 16/32-bit fields.
+#![allow(clippy::cast_possible_truncation)]
 #![allow(dead_code)]
 
 /// A minimal ELF64 x86_64 executable with one PT_LOAD segment holding `code`

@@ -594,11 +594,10 @@ fn jailed_vmm_runs_confined() {
     host.write_all(b"CONNECT 1024\n").unwrap();
 
     // A graceful stop through the supervisor.
+    let pid = i32::try_from(supervisor.id()).unwrap();
     // SAFETY: plain kill(2) on our own child.
-    assert_eq!(
-        unsafe { libc::kill(supervisor.id() as i32, libc::SIGTERM) },
-        0
-    );
+    let killed = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(killed, 0);
     let status = supervisor.wait().unwrap();
     let mut err = String::new();
     supervisor
