@@ -45,24 +45,23 @@ impl Vmm {
     /// or something fails. The calling thread becomes the VMM (device) thread.
     pub fn run(&mut self) -> Result<ExitReason, VmmError> {
         vcpu::register_kick_handler().map_err(io_err("cannot install the vCPU kick handler"))?;
-        let filters = if self.seccomp {
-            Some((
-                seccomp::build_filter(ThreadKind::Vmm)?,
-                Arc::new(seccomp::build_filter(ThreadKind::Vcpu)?),
-            ))
-        } else {
-            None
-        };
+        // Compiled at build time: nothing to build here.
+        let filters = self.seccomp.then(|| {
+            (
+                seccomp::filter(ThreadKind::Vmm),
+                seccomp::filter(ThreadKind::Vcpu),
+            )
+        });
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for vcpu in self.vcpus.drain(..) {
             let (stop, exit) = (stop.clone(), self.exit.clone());
-            let filter = filters.as_ref().map(|f| f.1.clone());
+            let filter = filters.map(|f| f.1);
             let spawned = thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.id()))
                 .spawn(move || {
                     if let Some(filter) = filter {
-                        if let Err(e) = seccomp::apply(&filter) {
+                        if let Err(e) = seccomp::apply(filter) {
                             exit.fail(format!("vCPU {}: {e}", vcpu.id()));
                             return;
                         }
@@ -77,7 +76,7 @@ impl Vmm {
                 }
             }
         }
-        let result = self.event_loop(filters.as_ref().map(|f| &f.0));
+        let result = self.event_loop(filters.map(|f| f.0));
         stop.store(true, Ordering::SeqCst);
         for t in &threads {
             // ESRCH if the thread is already gone: fine.
@@ -98,7 +97,10 @@ impl Vmm {
         }
     }
 
-    fn event_loop(&mut self, filter: Option<&seccompiler::BpfProgram>) -> Result<(), VmmError> {
+    fn event_loop(
+        &mut self,
+        filter: Option<seccompiler::BpfProgramRef<'static>>,
+    ) -> Result<(), VmmError> {
         if let Some(filter) = filter {
             seccomp::apply(filter)?;
         }
