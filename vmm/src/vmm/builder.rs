@@ -19,6 +19,7 @@ use crate::devices::serial::{SerialDevice, SERIAL_IRQ, SERIAL_PORT_BASE, SERIAL_
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::{Bus, EventFdTrigger};
@@ -228,6 +229,11 @@ impl Vmm {
         for fs in &config.fs {
             let interrupt = b.new_interrupt()?;
             let dev = Fs::connect(&fs.socket, &fs.tag, interrupt)?;
+            b.add_virtio(Arc::new(Mutex::new(dev)))?;
+        }
+        for net in config.net {
+            let interrupt = b.new_interrupt()?;
+            let dev = Net::new(net.tap, net.mac, net.mtu, interrupt)?;
             b.add_virtio(Arc::new(Mutex::new(dev)))?;
         }
 

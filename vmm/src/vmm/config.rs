@@ -1,6 +1,7 @@
 //! What a microVM is built from: [`VmConfig`] and its device configurations.
 
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -46,6 +47,18 @@ pub struct FsConfig {
     pub tag: String,
 }
 
+/// A virtio-net device on an open tap.
+#[derive(Debug)]
+pub struct NetConfig {
+    /// The tap (`IFF_TAP | IFF_NO_PI`, no `IFF_VNET_HDR`), opened by the
+    /// caller (in the pod's network namespace) and handed over.
+    pub tap: OwnedFd,
+    /// The guest NIC's MAC address.
+    pub mac: [u8; 6],
+    /// The MTU the guest is told (frames are bounded by it).
+    pub mtu: u16,
+}
+
 /// Everything needed to build a microVM.
 pub struct VmConfig {
     /// Uncompressed vmlinux (ELF).
@@ -64,6 +77,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Shared file systems; any makes guest memory a shared memfd.
     pub fs: Vec<FsConfig>,
+    /// Network devices, in order (the first is eth0).
+    pub net: Vec<NetConfig>,
     /// Serial console output.
     pub serial: SerialOutput,
     /// The KVM device (normally /dev/kvm).
@@ -89,6 +104,7 @@ impl VmConfig {
             vsock: None,
             disks: Vec::new(),
             fs: Vec::new(),
+            net: Vec::new(),
             serial: SerialOutput::Stdout,
             kvm_path: PathBuf::from("/dev/kvm"),
             seccomp: true,

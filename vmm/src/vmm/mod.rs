@@ -12,13 +12,14 @@ use event_manager::{EventManager, MutEventSubscriber};
 
 use crate::boot::BootError;
 use crate::devices::virtio::fs::FsError;
+use crate::devices::virtio::net::NetError;
 use crate::devices::BusError;
 use crate::memory::{GuestMemoryMmap, MemoryError};
 use crate::seccomp::SeccompError;
 use crate::vstate::vcpu::{Vcpu, VcpuError, VmExit};
 use crate::vstate::vm::{Vm, VmError};
 
-pub use config::{DiskConfig, FsConfig, SerialOutput, VmConfig, VsockConfig, MAX_VCPUS};
+pub use config::{DiskConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig, MAX_VCPUS};
 pub use run::StopHandle;
 
 /// Errors building or running the VM.
@@ -57,6 +58,9 @@ pub enum VmmError {
     /// A virtio-fs device could not be set up.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// A virtio-net device could not be set up.
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// The guest or a vCPU failed fatally.
     #[error("VM failed: {0}")]
     Guest(String),

@@ -4,6 +4,7 @@ pub mod block;
 pub mod common;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
