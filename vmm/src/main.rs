@@ -61,6 +61,11 @@ struct Args {
     /// stays open through the jail.
     #[arg(long, value_name = "fd=N,mac=XX:XX:XX:XX:XX:XX[,mtu=M]")]
     net: Vec<String>,
+    /// Add a virtio-balloon with free page reporting: the guest (with
+    /// CONFIG_VIRTIO_BALLOON and CONFIG_PAGE_REPORTING) reports free memory
+    /// and the VMM gives it back to the host. The host never inflates it.
+    #[arg(long)]
+    balloon: bool,
     /// Serial console output: a file path, or "stdout".
     #[arg(long, value_name = "PATH|stdout", default_value = "stdout")]
     serial: String,
@@ -282,6 +287,7 @@ fn run(start: Instant) -> Result<()> {
     config.disks = disks;
     config.fs = fs;
     config.net = net;
+    config.balloon = args.balloon;
     config.serial = match args.serial.as_str() {
         "stdout" => SerialOutput::Stdout,
         path => SerialOutput::File(path.into()),

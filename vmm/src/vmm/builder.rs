@@ -16,6 +16,7 @@ use crate::boot::{self, BootError};
 use crate::devices::boot_timer::{BootTimer, BOOT_TIMER_PORT};
 use crate::devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::serial::{SerialDevice, SERIAL_IRQ, SERIAL_PORT_BASE, SERIAL_PORT_LEN};
+use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
@@ -229,6 +230,11 @@ impl Vmm {
         for fs in &config.fs {
             let interrupt = b.new_interrupt()?;
             let dev = Fs::connect(&fs.socket, &fs.tag, interrupt)?;
+            b.add_virtio(Arc::new(Mutex::new(dev)))?;
+        }
+        if config.balloon {
+            let interrupt = b.new_interrupt()?;
+            let dev = Balloon::new(backing, interrupt).map_err(io_err("virtio-balloon"))?;
             b.add_virtio(Arc::new(Mutex::new(dev)))?;
         }
         for net in config.net {

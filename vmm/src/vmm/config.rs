@@ -79,6 +79,9 @@ pub struct VmConfig {
     pub fs: Vec<FsConfig>,
     /// Network devices, in order (the first is eth0).
     pub net: Vec<NetConfig>,
+    /// A virtio-balloon with free page reporting: the guest gives free
+    /// memory back.
+    pub balloon: bool,
     /// Serial console output.
     pub serial: SerialOutput,
     /// The KVM device (normally /dev/kvm).
@@ -105,6 +108,7 @@ impl VmConfig {
             disks: Vec::new(),
             fs: Vec::new(),
             net: Vec::new(),
+            balloon: false,
             serial: SerialOutput::Stdout,
             kvm_path: PathBuf::from("/dev/kvm"),
             seccomp: true,

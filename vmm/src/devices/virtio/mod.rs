@@ -1,5 +1,6 @@
 //! Virtio devices over the virtio-mmio (version 2) transport.
 
+pub mod balloon;
 pub mod block;
 pub mod common;
 pub mod fs;
