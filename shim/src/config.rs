@@ -168,7 +168,7 @@ impl Config {
     }
 
     /// Parses and validates `text`; `origin` names it in errors.
-    fn from_toml(text: &str, origin: &str) -> anyhow::Result<Config> {
+    pub fn from_toml(text: &str, origin: &str) -> anyhow::Result<Config> {
         let config: Config = toml::from_str(text).with_context(|| format!("parsing {origin}"))?;
         config.validate().with_context(|| format!("in {origin}"))?;
         Ok(config)

@@ -3,7 +3,7 @@
 //! It boots an uncompressed vmlinux directly in 64-bit mode, with a serial
 //! console, an i8042 (for reset), a boot-time marker port, and virtio-mmio
 //! devices (vsock over a hybrid Unix socket, block, virtio-fs as a
-//! vhost-user frontend). It knows nothing about
+//! vhost-user frontend, net on a tap, a balloon with free page reporting). It knows nothing about
 //! containers.
 
 #![deny(missing_docs)]
@@ -22,6 +22,6 @@ mod kvm_tests;
 mod test_utils;
 
 pub use vmm::{
-    DiskConfig, FsConfig, SerialOutput, StopHandle, VmConfig, Vmm, VmmError, VsockConfig,
+    DiskConfig, FsConfig, NetConfig, SerialOutput, StopHandle, VmConfig, Vmm, VmmError, VsockConfig,
 };
 pub use vstate::vcpu::ExitReason;

@@ -3,6 +3,7 @@
 //! Exit status: 0 when the guest resets or powers off (or SIGTERM/SIGINT
 //! stopped it), 1 on any error, with the reason on stderr.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,8 +12,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use firedoor_vmm::devices::virtio::net::DEFAULT_MTU;
 use firedoor_vmm::jail::{self, JailConfig};
-use firedoor_vmm::{DiskConfig, FsConfig, SerialOutput, StopHandle, VmConfig, Vmm, VsockConfig};
+use firedoor_vmm::{
+    DiskConfig, FsConfig, NetConfig, SerialOutput, StopHandle, VmConfig, Vmm, VsockConfig,
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "firedoor-vmm", version, about = "Firedoor's KVM microVM")]
@@ -49,6 +53,19 @@ struct Args {
     /// the tag the guest mounts (repeatable). Makes guest memory a shared memfd.
     #[arg(long, value_name = "SOCKET,tag=TAG")]
     fs: Vec<String>,
+    /// A network device on a tap the caller opened and passes as descriptor
+    /// N (inherited, not close-on-exec; opened with IFF_TAP | IFF_NO_PI and
+    /// without IFF_VNET_HDR, e.g. in the pod's network namespace); the guest
+    /// NIC gets MAC and MTU (default 1500, frames are bounded by it). No
+    /// offloads. Repeatable; the first is the guest's eth0. The descriptor
+    /// stays open through the jail.
+    #[arg(long, value_name = "fd=N,mac=XX:XX:XX:XX:XX:XX[,mtu=M]")]
+    net: Vec<String>,
+    /// Add a virtio-balloon with free page reporting: the guest (with
+    /// CONFIG_VIRTIO_BALLOON and CONFIG_PAGE_REPORTING) reports free memory
+    /// and the VMM gives it back to the host. The host never inflates it.
+    #[arg(long)]
+    balloon: bool,
     /// Serial console output: a file path, or "stdout".
     #[arg(long, value_name = "PATH|stdout", default_value = "stdout")]
     serial: String,
@@ -117,6 +134,97 @@ fn parse_fs(spec: &str) -> Result<FsConfig> {
     })
 }
 
+/// A `--net` specification, before its descriptor is taken over.
+#[derive(Debug, PartialEq, Eq)]
+struct NetSpec {
+    fd: RawFd,
+    mac: [u8; 6],
+    mtu: u16,
+}
+
+const NET_USAGE: &str = "use fd=N,mac=XX:XX:XX:XX:XX:XX[,mtu=M]";
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+fn parse_net(spec: &str) -> Result<NetSpec> {
+    let (mut fd, mut mac, mut mtu) = (None, None, DEFAULT_MTU);
+    for option in spec.split(',') {
+        match option.split_once('=') {
+            Some(("fd", n)) => {
+                fd = Some(
+                    n.parse::<RawFd>()
+                        .ok()
+                        .filter(|&n| n > 2)
+                        .with_context(|| {
+                            format!("bad descriptor {n:?} in --net {spec:?} (a number above 2)")
+                        })?,
+                )
+            }
+            Some(("mac", m)) => {
+                mac = Some(parse_mac(m).with_context(|| {
+                    format!("bad MAC address {m:?} in --net {spec:?} ({NET_USAGE})")
+                })?)
+            }
+            Some(("mtu", m)) => {
+                mtu = m
+                    .parse()
+                    .with_context(|| format!("bad MTU {m:?} in --net {spec:?}"))?
+            }
+            _ => bail!("unknown option {option:?} in --net {spec:?} ({NET_USAGE})"),
+        }
+    }
+    match (fd, mac) {
+        (Some(fd), Some(mac)) => Ok(NetSpec { fd, mac, mtu }),
+        _ => bail!("--net {spec:?} needs fd= and mac= ({NET_USAGE})"),
+    }
+}
+
+/// Takes over the descriptors `--net` names: each open, each named once
+/// (all checked before any is taken, so an error closes nothing).
+fn take_taps(specs: Vec<NetSpec>) -> Result<Vec<NetConfig>> {
+    for (i, spec) in specs.iter().enumerate() {
+        if specs[..i].iter().any(|s| s.fd == spec.fd) {
+            bail!("descriptor {} is named by two --net options", spec.fd);
+        }
+        // SAFETY: fcntl(F_GETFD) only queries the descriptor table.
+        if unsafe { libc::fcntl(spec.fd, libc::F_GETFD) } < 0 {
+            bail!(
+                "--net fd={}: the descriptor is not open (pass the tap to firedoor-vmm \
+                 without close-on-exec)",
+                spec.fd
+            );
+        }
+    }
+    Ok(specs
+        .into_iter()
+        .map(|spec| {
+            // SAFETY: the descriptor is open (checked above), was handed to
+            // this process for this device, and is taken over only once
+            // (duplicates refused above), so nothing else closes it.
+            let tap = unsafe { OwnedFd::from_raw_fd(spec.fd) };
+            // SAFETY: F_SETFD on a descriptor this process now owns: it must
+            // not leak into anything the VMM might start.
+            unsafe { libc::fcntl(tap.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+            NetConfig {
+                tap,
+                mac: spec.mac,
+                mtu: spec.mtu,
+            }
+        })
+        .collect())
+}
+
 static STOP: OnceLock<StopHandle> = OnceLock::new();
 /// A stop signal that came before the VM existed (it is honoured as soon as
 /// the VM is built: as PID 1 of a PID namespace, the VMM would otherwise
@@ -161,6 +269,12 @@ fn run(start: Instant) -> Result<()> {
         .iter()
         .map(|f| parse_fs(f))
         .collect::<Result<Vec<_>>>()?;
+    let net = args
+        .net
+        .iter()
+        .map(|n| parse_net(n))
+        .collect::<Result<Vec<_>>>()?;
+    let net = take_taps(net)?;
     let mut config = VmConfig::new(args.kernel);
     config.initrd = args.initrd;
     config.cmdline = args.cmdline;
@@ -172,6 +286,8 @@ fn run(start: Instant) -> Result<()> {
     });
     config.disks = disks;
     config.fs = fs;
+    config.net = net;
+    config.balloon = args.balloon;
     config.serial = match args.serial.as_str() {
         "stdout" => SerialOutput::Stdout,
         path => SerialOutput::File(path.into()),
@@ -244,7 +360,64 @@ mod tests {
         assert!(d.to_string().contains("unknown disk option"));
         assert!(!parse_disk("x.img").unwrap().read_only);
         assert!(!parse_disk("x.img,rw").unwrap().read_only);
-        assert!(parse_disk(",ro").is_err());
+        parse_disk(",ro").unwrap_err();
+    }
+
+    #[test]
+    fn net_specs() {
+        let n = parse_net("fd=5,mac=02:00:00:ab:cd:ef").unwrap();
+        assert_eq!(
+            n,
+            NetSpec {
+                fd: 5,
+                mac: [2, 0, 0, 0xab, 0xcd, 0xef],
+                mtu: DEFAULT_MTU
+            }
+        );
+        assert_eq!(
+            parse_net("mac=02:00:00:00:00:01,fd=9,mtu=9000")
+                .unwrap()
+                .mtu,
+            9000
+        );
+        for bad in [
+            "fd=5",
+            "mac=02:00:00:00:00:01",
+            "fd=1,mac=02:00:00:00:00:01",
+            "fd=x,mac=02:00:00:00:00:01",
+            "fd=5,mac=02:00:00:00:00",
+            "fd=5,mac=02:00:00:00:00:01:02",
+            "fd=5,mac=2:0:0:0:0:1",
+            "fd=5,mac=02:00:00:00:00:zz",
+            "fd=5,mac=02:00:00:00:00:01,mtu=-1",
+            "fd=5,mac=02:00:00:00:00:01,vnet=1",
+        ] {
+            parse_net(bad).unwrap_err();
+        }
+    }
+
+    #[test]
+    fn taps_must_be_open_and_named_once() {
+        let err = take_taps(vec![NetSpec {
+            fd: 987,
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+        }])
+        .unwrap_err();
+        assert!(err.to_string().contains("not open"), "{err}");
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let fd = file.as_raw_fd();
+        let spec = || NetSpec {
+            fd,
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+        };
+        let err = take_taps(vec![spec(), spec()]).unwrap_err();
+        assert!(err.to_string().contains("two --net"), "{err}");
+        // Taken over: the File must not close it a second time.
+        std::mem::forget(file);
+        let taken = take_taps(vec![spec()]).unwrap();
+        assert_eq!(taken[0].tap.as_raw_fd(), fd);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Helpers shared by the unit tests and the integration tests
 //! (`tests/*.rs` include this file with `#[path]`): a minimal ELF64 writer
 //! and a tiny x86 byte assembler for hand-made guest programs.
-
+// Test guests: small code lengths and addresses fit 16/32-bit fields.
+#![allow(clippy::cast_possible_truncation)]
 #![allow(dead_code)]
 
 /// A minimal ELF64 x86_64 executable with one PT_LOAD segment holding `code`
@@ -182,4 +183,60 @@ pub fn spawn_virtiofsd(dir: &std::path::Path) -> (std::process::Child, std::path
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     (daemon, socket)
+}
+
+/// A guest that drives a virtio-net device at `addr` (the first virtio-mmio
+/// window) as a driver would: status, VERSION_1, RX with one 2 KiB buffer,
+/// TX, DRIVER_OK; sends the frame `GUEST-FRAME-01234567` with a queue
+/// notification, waits until both used rings advanced, prints the first 4
+/// bytes of the frame it received (after the 12-byte header) and resets.
+pub fn virtio_net_guest(addr: u32) -> Vec<u8> {
+    const RX_DESC: u32 = 0x32_0000;
+    const RX_BUF: u32 = 0x33_0000;
+    const TX_DESC: u32 = 0x30_0000;
+    const TX_BUF: u32 = 0x31_0000;
+    let frame_words = [*b"GUES", *b"T-FR", *b"AME-", *b"0123", *b"4567"];
+    let mut asm = Asm::default();
+    // Rings in memory: RX offers one 2 KiB write-only buffer; TX's frame.
+    asm.mov_edi(RX_DESC)
+        .store_rdi_imm(0, RX_BUF)
+        .store_rdi_imm(8, 2048)
+        .store_rdi_imm(12, 2); // VIRTQ_DESC_F_WRITE, next 0
+    asm.mov_edi(RX_DESC + 0x1000).store_rdi_imm(0, 1 << 16); // avail idx 1
+    asm.mov_edi(TX_DESC)
+        .store_rdi_imm(0, TX_BUF)
+        .store_rdi_imm(8, 12 + 20)
+        .store_rdi_imm(12, 0);
+    asm.mov_edi(TX_BUF + 12);
+    for (i, word) in frame_words.iter().enumerate() {
+        asm.store_rdi_imm(4 * i as u8, u32::from_le_bytes(*word));
+    }
+    // The driver: ACKNOWLEDGE, DRIVER, VERSION_1 (bit 32), FEATURES_OK.
+    asm.mov_edi(addr)
+        .store_rdi_imm(0x70, 1)
+        .store_rdi_imm(0x70, 3)
+        .store_rdi_imm(0x24, 1)
+        .store_rdi_imm(0x20, 1)
+        .store_rdi_imm(0x70, 11);
+    for (queue, desc) in [(0, RX_DESC), (1, TX_DESC)] {
+        asm.mov_edi(addr)
+            .store_rdi_imm(0x30, queue)
+            .store_rdi_imm(0x38, 16);
+        // QueueDesc/Driver/Device at 0x80/0x90/0xa0: past a signed disp8.
+        asm.mov_edi(addr + 0x80)
+            .store_rdi_imm(0, desc)
+            .store_rdi_imm(0x10, desc + 0x1000)
+            .store_rdi_imm(0x20, desc + 0x2000);
+        asm.mov_edi(addr).store_rdi_imm(0x44, 1);
+    }
+    asm.mov_edi(addr).store_rdi_imm(0x70, 15); // DRIVER_OK
+                                               // Publish the TX frame and notify queue 1.
+    asm.mov_edi(TX_DESC + 0x1000).store_rdi_imm(0, 1 << 16);
+    asm.mov_edi(addr).store_rdi_imm(0x50, 1);
+    // Both used rings advance; then show what arrived after the header.
+    asm.wait_byte(TX_DESC + 0x2002, 1)
+        .wait_byte(RX_DESC + 0x2002, 1);
+    asm.mov_edi(RX_BUF + 12).load_eax_rdi(0).print_eax_raw();
+    asm.i8042_reset().halt_forever();
+    asm.code
 }

@@ -594,11 +594,10 @@ fn jailed_vmm_runs_confined() {
     host.write_all(b"CONNECT 1024\n").unwrap();
 
     // A graceful stop through the supervisor.
+    let pid = i32::try_from(supervisor.id()).unwrap();
     // SAFETY: plain kill(2) on our own child.
-    assert_eq!(
-        unsafe { libc::kill(supervisor.id() as i32, libc::SIGTERM) },
-        0
-    );
+    let killed = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(killed, 0);
     let status = supervisor.wait().unwrap();
     let mut err = String::new();
     supervisor
@@ -768,4 +767,64 @@ fn failed_starts_leave_nothing_behind() {
         );
         assert_eq!(processes_mentioning(dir.path()), [] as [u32; 0], "{args:?}");
     }
+}
+
+/// The tap descriptor handed to `--net` survives the jail (the VMM is
+/// then in its own network namespace and could not open a tap itself):
+/// the guest sends a frame through it and receives one. Unjailed without
+/// privileges.
+#[test]
+fn net_device_works_through_the_jail() {
+    use std::os::unix::net::UnixDatagram;
+    if !kvm_available() {
+        return;
+    }
+    let jail_flag = if jail_possible() {
+        "--jail"
+    } else {
+        "--no-jail"
+    };
+    let dir = tempfile::TempDir::new().unwrap();
+    let kernel = write_kernel(dir.path(), &test_utils::virtio_net_guest(0xd000_0000));
+    let serial = dir.path().join("serial.log");
+    let (tap, network) = UnixDatagram::pair().unwrap();
+    network.send(b"HOST-FRAME-0123456789").unwrap();
+    // Inherited by the VMM: clear close-on-exec on our end.
+    // SAFETY: F_SETFD on a descriptor this test owns.
+    assert_eq!(unsafe { libc::fcntl(tap.as_raw_fd(), libc::F_SETFD, 0) }, 0);
+    let out = run_vmm(&[
+        jail_flag,
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--serial",
+        serial.to_str().unwrap(),
+        "--memory-mib",
+        "32",
+        "--net",
+        &format!("fd={},mac=02:00:00:00:00:01", tap.as_raw_fd()),
+    ]);
+    drop(tap);
+    assert!(out.status.success(), "{}: {}", out.status, stderr(&out));
+    assert_eq!(std::fs::read_to_string(&serial).unwrap(), "HOST");
+    let mut got = [0u8; 64];
+    network.set_nonblocking(true).unwrap();
+    let n = network.recv(&mut got).unwrap();
+    assert_eq!(&got[..n], b"GUEST-FRAME-01234567");
+}
+
+#[test]
+fn net_with_a_closed_descriptor_is_a_clear_error() {
+    let out = run_vmm(&[
+        "--no-jail",
+        "--kernel",
+        "/nonexistent",
+        "--net",
+        "fd=999,mac=02:00:00:00:00:01",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("fd=999: the descriptor is not open"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -32,10 +32,11 @@ pub const BOOT_GDT: [u64; 4] = [
 
 /// Decodes the descriptor at `index` into the form KVM_SET_SREGS wants.
 pub fn kvm_segment(entry: u64, index: u16) -> kvm_segment {
-    let access = (entry >> 40) as u8;
-    let flags = ((entry >> 52) & 0xf) as u8;
+    let bytes = entry.to_le_bytes();
+    let access = bytes[5];
+    let flags = bytes[6] >> 4;
     let base = ((entry >> 16) & 0xff_ffff) | (((entry >> 56) & 0xff) << 24);
-    let raw_limit = ((entry & 0xffff) | (((entry >> 48) & 0xf) << 16)) as u32;
+    let raw_limit = u32::from_le_bytes([bytes[0], bytes[1], bytes[6] & 0xf, 0]);
     let granular = flags & 0x8 != 0;
     kvm_segment {
         base,

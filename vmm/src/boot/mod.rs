@@ -64,6 +64,9 @@ pub enum BootError {
     /// More memory regions than the zero page can describe.
     #[error("too many e820 entries")]
     TooManyE820Entries,
+    /// A value the 32-bit boot protocol fields cannot hold.
+    #[error("the {0} ({1:#x}) does not fit the boot protocol's 32-bit field")]
+    Above32Bits(&'static str, u64),
 }
 
 /// Where the kernel was loaded.
@@ -174,7 +177,8 @@ pub fn load_initrd(
         .filter(|a| *a >= lowest)
         .ok_or(BootError::InitrdTooBig { size })?;
     file.rewind().map_err(BootError::InitrdRead)?;
-    mem.read_exact_volatile_from(GuestAddress(address), file, size as usize)?;
+    let len = usize::try_from(size).map_err(|_| BootError::InitrdTooBig { size })?;
+    mem.read_exact_volatile_from(GuestAddress(address), file, len)?;
     Ok(InitrdInfo { address, size })
 }
 
@@ -300,7 +304,7 @@ mod tests {
             c.as_cstring().unwrap().to_str().unwrap(),
             "console=ttyS0 reboot=k virtio_mmio.device=4K@0xd0000000:5"
         );
-        assert!(build_cmdline(&"x".repeat(CMDLINE_MAX_SIZE), &[]).is_err());
+        build_cmdline(&"x".repeat(CMDLINE_MAX_SIZE), &[]).unwrap_err();
     }
 
     #[test]

@@ -73,7 +73,8 @@ fn config_table(vcpus: u8) -> Vec<u8> {
     }
 
     const HEADER_LEN: usize = 44;
-    let length = (HEADER_LEN + entries.len()) as u16;
+    // At most 254 processor entries of 20 bytes: far below 64 KiB.
+    let length = u16::try_from(HEADER_LEN + entries.len()).unwrap_or(u16::MAX);
     let mut table = Vec::with_capacity(length.into());
     table.extend_from_slice(b"PCMP");
     table.extend_from_slice(&length.to_le_bytes());
@@ -107,10 +108,10 @@ fn floating_pointer(table_addr: u32) -> [u8; 16] {
 /// [`MPTABLE_START`].
 pub fn setup_mptable(mem: &GuestMemoryMmap, vcpus: u8) -> Result<(), vm_memory::GuestMemoryError> {
     let table_addr = MPTABLE_START + 16;
-    mem.write_slice(
-        &floating_pointer(table_addr as u32),
-        GuestAddress(MPTABLE_START),
-    )?;
+    // The EBDA is in the first MiB: the address fits the pointer's 32 bits.
+    let pointer = u32::try_from(table_addr)
+        .map_err(|_| vm_memory::GuestMemoryError::InvalidGuestAddress(GuestAddress(table_addr)))?;
+    mem.write_slice(&floating_pointer(pointer), GuestAddress(MPTABLE_START))?;
     mem.write_slice(&config_table(vcpus), GuestAddress(table_addr))
 }
 

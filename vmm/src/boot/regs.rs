@@ -40,7 +40,8 @@ pub fn setup_sregs(vcpu: &VcpuFd) -> Result<(), RegsError> {
         .get_sregs()
         .map_err(|e| RegsError::Kvm("KVM_GET_SREGS", e))?;
     sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(&BOOT_GDT) - 1) as u16;
+    // Four 8-byte entries.
+    sregs.gdt.limit = u16::try_from(std::mem::size_of_val(&BOOT_GDT) - 1).unwrap_or(u16::MAX);
     sregs.idt.base = BOOT_IDT_START;
     sregs.idt.limit = 7;
     sregs.cs = gdt::kvm_segment(BOOT_GDT[CODE_INDEX as usize], CODE_INDEX);
@@ -118,7 +119,7 @@ pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), RegsError> {
         let bytes = &mut lapic.regs[offset..offset + 4];
         let mut raw = [0u8; 4];
         for (d, s) in raw.iter_mut().zip(bytes.iter()) {
-            *d = *s as u8;
+            *d = s.to_ne_bytes()[0];
         }
         let value = set_delivery_mode(u32::from_le_bytes(raw), mode).to_le_bytes();
         for (d, s) in bytes.iter_mut().zip(value) {

@@ -50,12 +50,15 @@ pub fn write_zero_page(
     params.hdr.header = KERNEL_HDR_MAGIC;
     params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-    params.hdr.cmdline_size = cmdline_size as u32;
+    let low32 =
+        |what, value: u64| u32::try_from(value).map_err(|_| BootError::Above32Bits(what, value));
+    params.hdr.cmd_line_ptr = low32("command line address", CMDLINE_START)?;
+    params.hdr.cmdline_size = u32::try_from(cmdline_size)
+        .map_err(|_| BootError::Above32Bits("command line size", cmdline_size as u64))?;
     if let Some(initrd) = initrd {
         // Initrds are placed below the MMIO gap, so 32 bits suffice.
-        params.hdr.ramdisk_image = initrd.address as u32;
-        params.hdr.ramdisk_size = initrd.size as u32;
+        params.hdr.ramdisk_image = low32("initrd address", initrd.address)?;
+        params.hdr.ramdisk_size = low32("initrd size", initrd.size)?;
     }
 
     // Low RAM up to the EBDA, then every region from 1 MiB on.
@@ -95,7 +98,7 @@ mod tests {
         let p = read_params(&mem);
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
         assert_eq!({ p.hdr.header }, KERNEL_HDR_MAGIC);
-        assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_START as u32);
+        assert_eq!(u64::from(p.hdr.cmd_line_ptr), CMDLINE_START);
         assert_eq!({ p.hdr.cmdline_size }, 42);
         assert_eq!({ p.hdr.ramdisk_image }, 0x300_0000);
         assert_eq!({ p.hdr.ramdisk_size }, 0x1234);

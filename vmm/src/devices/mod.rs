@@ -134,7 +134,7 @@ mod tests {
 
     impl BusDevice for Recorder {
         fn read(&mut self, offset: u64, data: &mut [u8]) {
-            data.fill(offset as u8);
+            data.fill(offset.to_le_bytes()[0]);
         }
         fn write(&mut self, offset: u64, data: &[u8]) {
             self.writes.push((offset, data.to_vec()));
@@ -180,6 +180,6 @@ mod tests {
         assert!(bus.insert(0x8, 0x9, a.clone()).is_err());
         assert!(bus.insert(0x0, 0, a.clone()).is_err());
         assert!(bus.insert(u64::MAX, 2, a.clone()).is_err());
-        assert!(bus.insert(0x18, 0x8, a).is_ok());
+        bus.insert(0x18, 0x8, a).unwrap();
     }
 }

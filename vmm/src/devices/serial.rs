@@ -33,15 +33,18 @@ impl SerialDevice {
 
 impl BusDevice for SerialDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        match data {
-            [byte] => *byte = self.serial.read(offset as u8),
-            _ => data.fill(0xff),
+        // The bus hands over offsets inside the device's few ports.
+        match (data, u8::try_from(offset)) {
+            ([byte], Ok(offset)) => *byte = self.serial.read(offset),
+            (data, _) => data.fill(0xff),
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let [byte] = data else { return };
-        if let Err(e) = self.serial.write(offset as u8, *byte) {
+        let ([byte], Ok(offset)) = (data, u8::try_from(offset)) else {
+            return;
+        };
+        if let Err(e) = self.serial.write(offset, *byte) {
             // A full disk or a closed stdout must not stop the guest; say it once.
             if !self.write_failed {
                 warn!("serial output failed, further errors are not logged: {e}");

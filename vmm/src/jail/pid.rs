@@ -88,10 +88,9 @@ pub fn enter_namespace() -> Result<(), JailError> {
 /// allowed to any process.
 fn confine_supervisor() -> Result<(), JailError> {
     super::drop_capabilities()?;
-    let filter = seccomp::build_filter(ThreadKind::Supervisor)
-        .map_err(|e| JailError::Seccomp(e.to_string()))?;
     // Sets no_new_privs too.
-    seccomp::apply(&filter).map_err(|e| JailError::Seccomp(e.to_string()))
+    seccomp::apply(seccomp::filter(ThreadKind::Supervisor))
+        .map_err(|e| JailError::Seccomp(e.to_string()))
 }
 
 fn arm_parent_death_signal(alive: OwnedFd) -> Result<(), JailError> {

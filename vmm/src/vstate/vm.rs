@@ -122,9 +122,9 @@ impl Vm {
 
     /// Makes every region of `mem` guest RAM, one slot per region.
     pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
-        for (slot, region) in mem.iter().enumerate() {
+        for (slot, region) in (0u32..).zip(mem.iter()) {
             let region = kvm_userspace_memory_region {
-                slot: slot as u32,
+                slot,
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
                 userspace_addr: region.as_ptr() as u64,

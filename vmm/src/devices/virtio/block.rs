@@ -19,11 +19,9 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 use vm_memory::ByteValued;
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    check_queues, read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateError, VirtioCommon, VirtioDevice, VirtioInterrupt,
     VIRTIO_F_VERSION_1,
 };
 use crate::memory::GuestMemoryMmap;
@@ -57,8 +55,7 @@ pub struct Block {
     read_only: bool,
     capacity: u64,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
-    queue_evts: Vec<EventFd>,
-    interrupt: Arc<VirtioInterrupt>,
+    common: VirtioCommon,
     active: Option<Active>,
     buf: Vec<u8>,
 }
@@ -83,13 +80,16 @@ impl Block {
         let serial = format!("{:x}-{:x}", meta.dev(), meta.ino());
         let n = serial.len().min(id.len());
         id[..n].copy_from_slice(&serial.as_bytes()[..n]);
+        let mut features = VIRTIO_F_VERSION_1 | (1 << VIRTIO_BLK_F_FLUSH);
+        if read_only {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        }
         Ok(Self {
             file,
             read_only,
             capacity: meta.len() / SECTOR_SIZE,
             id,
-            queue_evts: vec![EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?],
-            interrupt,
+            common: VirtioCommon::new("virtio-blk", &QUEUE_SIZES, features, interrupt)?,
             active: None,
             buf: vec![0; IO_CHUNK],
         })
@@ -116,7 +116,7 @@ impl Block {
         }
         self.active = Some(active);
         if used {
-            self.interrupt.signal_used_queue();
+            self.common.interrupt().signal_used_queue();
         }
     }
 
@@ -162,10 +162,13 @@ impl Block {
                 VIRTIO_BLK_S_IOERR
             }
         };
-        if status_writer.write_all(&[status as u8]).is_err() {
+        // The status values (0, 1, 2) fit the one status byte.
+        if status_writer.write_all(&status.to_le_bytes()[..1]).is_err() {
             return 0;
         }
-        (writer.bytes_written() + 1) as u32
+        // Bounded by the chain's length, itself a sum of 32-bit lengths
+        // over guest memory; saturate rather than wrap all the same.
+        u32::try_from(writer.bytes_written() + 1).unwrap_or(u32::MAX)
     }
 
     /// Byte offset of `sector` if `len` bytes from there lie on the disk.
@@ -243,42 +246,29 @@ impl VirtioDevice for Block {
         VIRTIO_ID_BLOCK
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn avail_features(&self) -> u64 {
-        let mut f = VIRTIO_F_VERSION_1 | (1 << VIRTIO_BLK_F_FLUSH);
-        if self.read_only {
-            f |= 1 << VIRTIO_BLK_F_RO;
-        }
-        f
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
-
-    fn set_acked_features(&mut self, _features: u64) {}
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_blk_config: only `capacity` (le64) is offered.
         read_config_bytes(&self.capacity.to_le_bytes(), offset, data);
     }
 
-    fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        debug!("virtio-blk: guest wrote read-only config at {offset:#x}");
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn interrupt(&self) -> &Arc<VirtioInterrupt> {
-        &self.interrupt
-    }
-
     fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
-        check_queues(&mem, &queues, QUEUE_SIZES.len())?;
-        let queue = queues.into_iter().next().expect("one queue checked");
+        self.common.check_queues(&mem, &queues)?;
+        let Some(queue) = queues.into_iter().next() else {
+            return Err(ActivateError::QueueCount {
+                expected: QUEUE_SIZES.len(),
+                got: 0,
+            });
+        };
         self.active = Some(Active { mem, queue });
-        let _ = self.queue_evts[0].write(1);
+        self.common.kick_all_queues();
         Ok(())
     }
 
@@ -289,17 +279,19 @@ impl VirtioDevice for Block {
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.queue_evts[0], EventSet::IN)) {
-            error!("virtio-blk: cannot poll the queue: {e:?}");
-        }
+        self.common.poll_queue_events(ops);
     }
 
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.queue_evts[0].read();
-        self.process_queue();
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if self.common.consume_queue_event(events.data()) {
+            self.process_queue();
+        }
     }
 }
 
+// Test constants (descriptor flags, small lengths and addresses) fit their
+// narrower wire types.
+#[allow(clippy::cast_possible_truncation)]
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +300,7 @@ mod tests {
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::EventFd;
 
     const HDR: u64 = 0x10_0000;
     const DATA: u64 = 0x20_0000;

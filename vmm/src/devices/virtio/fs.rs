@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use log::{debug, error, info, warn};
+use log::{error, info, warn};
 use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{
     Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
@@ -42,7 +42,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    check_queues, read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateError, VirtioCommon, VirtioDevice, VirtioInterrupt,
     VIRTIO_F_VERSION_1,
 };
 use crate::memory::GuestMemoryMmap;
@@ -51,7 +51,8 @@ use crate::memory::GuestMemoryMmap;
 pub const TAG_LEN: usize = 36;
 /// One high-priority queue (FORGET, INTERRUPT) and one request queue.
 const NUM_QUEUES: usize = 2;
-const NUM_REQUEST_QUEUES: u32 = NUM_QUEUES as u32 - 1;
+const NUM_REQUEST_QUEUES: u32 = 1;
+const _: () = assert!(NUM_REQUEST_QUEUES as usize == NUM_QUEUES - 1);
 /// The largest queue virtiofsd accepts.
 const QUEUE_SIZE: u16 = 1024;
 const QUEUE_SIZES: [u16; NUM_QUEUES] = [QUEUE_SIZE; NUM_QUEUES];
@@ -138,15 +139,14 @@ pub struct Fs {
     backend_name: String,
     config: [u8; TAG_LEN + 4],
     backend_features: u64,
-    avail_features: u64,
-    acked_features: u64,
+    /// Offered features (what passes through from the backend), the
+    /// guest's kick eventfds (registered as KVM ioeventfds, read by the
+    /// backend) and the interrupt.
+    common: VirtioCommon,
     /// `None` once the backend failed: the device stays broken.
     frontend: Option<Frontend>,
-    /// Guest kicks (registered as KVM ioeventfds), read by the backend.
-    queue_evts: Vec<EventFd>,
-    /// Backend "used buffers" signals, relayed to `interrupt`.
+    /// Backend "used buffers" signals, relayed to the interrupt.
     call_evts: Vec<EventFd>,
-    interrupt: Arc<VirtioInterrupt>,
     work_evt: EventFd,
     pending: VecDeque<Work>,
     /// The backend serves the rings.
@@ -215,9 +215,6 @@ impl Fs {
             EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
                 .map_err(|e| FsError::Io("eventfd", e))
         };
-        let queue_evts = (0..NUM_QUEUES)
-            .map(|_| new_evt())
-            .collect::<Result<_, _>>()?;
         let call_evts = (0..NUM_QUEUES)
             .map(|_| new_evt())
             .collect::<Result<_, _>>()?;
@@ -229,12 +226,15 @@ impl Fs {
             backend_name,
             config,
             backend_features,
-            avail_features: backend_features & PASS_THROUGH_FEATURES,
-            acked_features: 0,
+            common: VirtioCommon::new(
+                "virtio-fs",
+                &QUEUE_SIZES,
+                backend_features & PASS_THROUGH_FEATURES,
+                interrupt,
+            )
+            .map_err(|e| FsError::Io("eventfd", e))?,
             frontend: Some(frontend),
-            queue_evts,
             call_evts,
-            interrupt,
             work_evt: new_evt()?,
             pending: VecDeque::new(),
             running: false,
@@ -272,7 +272,7 @@ impl Fs {
             return Err(vhost::Error::InvalidOperation);
         };
         let protocol_bit = self.backend_features & PROTOCOL_FEATURES_BIT;
-        frontend.set_features(self.acked_features | protocol_bit)?;
+        frontend.set_features(self.common.acked_features() | protocol_bit)?;
         let regions = mem
             .iter()
             .map(VhostUserMemoryRegionInfo::from_guest_region)
@@ -294,7 +294,7 @@ impl Fs {
             )?;
             frontend.set_vring_base(index, ring.next_avail)?;
             frontend.set_vring_call(index, &self.call_evts[index])?;
-            frontend.set_vring_kick(index, &self.queue_evts[index])?;
+            frontend.set_vring_kick(index, &self.common.queue_events()[index])?;
         }
         // With protocol features negotiated, rings start disabled.
         if protocol_bit != 0 {
@@ -333,7 +333,7 @@ impl Fs {
                 self.backend_name
             );
             self.running = false;
-            self.interrupt.signal_needs_reset();
+            self.common.interrupt().signal_needs_reset();
         }
     }
 
@@ -342,7 +342,7 @@ impl Fs {
         if let Some(evt) = self.call_evts.get(queue) {
             // EAGAIN: a spurious wake-up; nothing to relay.
             if evt.read().is_ok() {
-                self.interrupt.signal_used_queue();
+                self.common.interrupt().signal_used_queue();
             }
         }
     }
@@ -404,39 +404,20 @@ impl VirtioDevice for Fs {
         VIRTIO_ID_FS
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        debug!(
-            "virtio-fs: ignored {}-byte write to the read-only configuration at {offset:#x}",
-            data.len()
-        );
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn interrupt(&self) -> &Arc<VirtioInterrupt> {
-        &self.interrupt
-    }
-
     fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
-        check_queues(&mem, &queues, NUM_QUEUES)?;
+        self.common.check_queues(&mem, &queues)?;
         let rings = queues
             .iter()
             .enumerate()
@@ -453,7 +434,7 @@ impl VirtioDevice for Fs {
     }
 
     fn reset(&mut self) {
-        self.acked_features = 0;
+        self.common.reset_features();
         self.queue_work(Work::Stop);
     }
 }
@@ -461,8 +442,8 @@ impl VirtioDevice for Fs {
 impl MutEventSubscriber for Fs {
     fn init(&mut self, ops: &mut EventOps) {
         // The queue (kick) eventfds are the backend's to read: not polled here.
-        for (i, evt) in self.call_evts.iter().enumerate() {
-            if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
+        for (i, evt) in (0u32..).zip(&self.call_evts) {
+            if let Err(e) = ops.add(Events::with_data(evt, i, EventSet::IN)) {
                 error!("virtio-fs: cannot poll the call eventfd of queue {i}: {e}");
             }
         }
@@ -506,6 +487,9 @@ impl MutEventSubscriber for Fs {
     }
 }
 
+// Test constants (descriptor flags, small lengths and addresses) fit their
+// narrower wire types.
+#[allow(clippy::cast_possible_truncation)]
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
@@ -729,7 +713,7 @@ mod tests {
         let guest_features = VIRTIO_F_VERSION_1 | (1 << VIRTIO_RING_F_EVENT_IDX);
         bring_up(&mut t, GOOD_RINGS, guest_features);
         // Nothing reaches the backend on the vCPU thread...
-        assert!(rx.try_recv().is_err());
+        rx.try_recv().unwrap_err();
         assert_eq!(lock(&fs).work_evt.read().unwrap(), 1);
         // ...only when the VMM thread runs the queued work.
         lock(&fs).run_pending_work();
@@ -780,7 +764,7 @@ mod tests {
         let mut isr = [0u8; 4];
         t.read(VIRTIO_MMIO_INTERRUPT_STATUS as u64, &mut isr);
         assert_eq!(u32::from_le_bytes(isr), VIRTIO_MMIO_INT_VRING);
-        assert_eq!(lock(&fs).interrupt.irqfd().read().unwrap(), 1);
+        assert_eq!(lock(&fs).common.interrupt().irqfd().read().unwrap(), 1);
 
         // Driver reset: the backend is told to stop both rings.
         t.write(VIRTIO_MMIO_STATUS as u64, &0u32.to_le_bytes());

@@ -126,8 +126,8 @@ impl MmioTransport {
             VIRTIO_MMIO_DEVICE_ID => self.device_id,
             VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
             VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_select {
-                0 => self.device_features as u32,
-                1 => (self.device_features >> 32) as u32,
+                0 => low_half(self.device_features),
+                1 => low_half(self.device_features >> 32),
                 _ => 0,
             },
             VIRTIO_MMIO_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size().into()),
@@ -307,9 +307,9 @@ impl BusDevice for MmioTransport {
             lock(&self.device).read_config(offset - VIRTIO_MMIO_CONFIG as u64, data);
             return;
         }
-        match <&mut [u8; 4]>::try_from(&mut *data) {
-            Ok(word) if offset.is_multiple_of(4) => {
-                *word = self.read_register(offset as u32).to_le_bytes()
+        match (<&mut [u8; 4]>::try_from(&mut *data), u32::try_from(offset)) {
+            (Ok(word), Ok(offset)) if offset.is_multiple_of(4) => {
+                *word = self.read_register(offset).to_le_bytes()
             }
             _ => {
                 debug!(
@@ -327,9 +327,9 @@ impl BusDevice for MmioTransport {
             self.config_generation = self.config_generation.wrapping_add(1);
             return;
         }
-        match <[u8; 4]>::try_from(data) {
-            Ok(word) if offset.is_multiple_of(4) => {
-                self.write_register(offset as u32, u32::from_le_bytes(word))
+        match (<[u8; 4]>::try_from(data), u32::try_from(offset)) {
+            (Ok(word), Ok(offset)) if offset.is_multiple_of(4) => {
+                self.write_register(offset, u32::from_le_bytes(word))
             }
             _ => debug!(
                 "virtio-mmio: bad register write of {} bytes at {offset:#x}",
@@ -339,16 +339,20 @@ impl BusDevice for MmioTransport {
     }
 }
 
+/// The low 32 bits of `value` (feature words are read in halves).
+fn low_half(value: u64) -> u32 {
+    let b = value.to_le_bytes();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::{check_queues, ActivateError};
+    use crate::devices::virtio::{check_queues, ActivateError, VirtioCommon};
     use crate::memory::create_guest_memory;
 
     struct Dummy {
-        evts: Vec<EventFd>,
-        interrupt: Arc<VirtioInterrupt>,
-        acked: u64,
+        common: VirtioCommon,
         activated: bool,
         resets: u32,
         config: [u8; 8],
@@ -357,15 +361,12 @@ mod tests {
 
     impl Dummy {
         fn new() -> Self {
+            let interrupt = Arc::new(VirtioInterrupt::new(
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            ));
             Self {
-                evts: vec![
-                    EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-                    EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-                ],
-                interrupt: Arc::new(VirtioInterrupt::new(
-                    EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-                )),
-                acked: 0,
+                common: VirtioCommon::new("dummy", &[16, 16], VIRTIO_F_VERSION_1 | 1, interrupt)
+                    .unwrap(),
                 activated: false,
                 resets: 0,
                 config: *b"\x01\x02\x03\x04\x05\x06\x07\x08",
@@ -378,25 +379,16 @@ mod tests {
         fn device_type(&self) -> u32 {
             42
         }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &[16, 16]
+        fn common(&self) -> &VirtioCommon {
+            &self.common
         }
-        fn avail_features(&self) -> u64 {
-            VIRTIO_F_VERSION_1 | 1
-        }
-        fn set_acked_features(&mut self, features: u64) {
-            self.acked = features;
+        fn common_mut(&mut self) -> &mut VirtioCommon {
+            &mut self.common
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             super::super::read_config_bytes(&self.config, offset, data);
         }
         fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-        fn queue_events(&self) -> &[EventFd] {
-            &self.evts
-        }
-        fn interrupt(&self) -> &Arc<VirtioInterrupt> {
-            &self.interrupt
-        }
         fn activate(
             &mut self,
             mem: GuestMemoryMmap,
@@ -487,7 +479,7 @@ mod tests {
         let (d, mut t) = setup();
         negotiate(&mut t, 1);
         assert_eq!(r(&mut t, VIRTIO_MMIO_STATUS), 0xb);
-        assert_eq!(lock(&d).acked, VIRTIO_F_VERSION_1 | 1);
+        assert_eq!(lock(&d).common.acked_features(), VIRTIO_F_VERSION_1 | 1);
         setup_queues(&mut t);
         w(&mut t, VIRTIO_MMIO_STATUS, 0xf);
         assert!(lock(&d).activated);
@@ -497,10 +489,10 @@ mod tests {
         assert_eq!(r(&mut t, VIRTIO_MMIO_QUEUE_READY), 1);
         // Notify falls back to the eventfd.
         w(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
-        assert_eq!(lock(&d).evts[1].read().unwrap(), 1);
+        assert_eq!(lock(&d).common.queue_events()[1].read().unwrap(), 1);
         w(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 99); // ignored
                                                  // Interrupt status and ack.
-        lock(&d).interrupt.signal_used_queue();
+        lock(&d).common.interrupt().signal_used_queue();
         assert_eq!(r(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 1);
         w(&mut t, VIRTIO_MMIO_INTERRUPT_ACK, 1);
         assert_eq!(r(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
@@ -518,7 +510,7 @@ mod tests {
             r(&mut t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK,
             0
         );
-        assert_eq!(lock(&d).acked, 0);
+        assert_eq!(lock(&d).common.acked_features(), 0);
         w(&mut t, VIRTIO_MMIO_STATUS, 0);
         negotiate(&mut t, 1 | 2); // feature 33 is not offered
         assert_eq!(

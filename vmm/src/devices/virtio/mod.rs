@@ -1,8 +1,11 @@
 //! Virtio devices over the virtio-mmio (version 2) transport.
 
+pub mod balloon;
 pub mod block;
+pub mod common;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -12,6 +15,7 @@ use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMemoryMmap;
+pub use common::VirtioCommon;
 
 /// VIRTIO_F_VERSION_1: every device offers it; virtio-mmio v2 requires it.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -109,28 +113,52 @@ impl VirtioInterrupt {
 /// A virtio device model; the transport drives it.
 ///
 /// Register accesses arrive on vCPU threads; queue processing happens on the
-/// VMM thread (event loop), which owns the queue eventfds.
+/// VMM thread (event loop), which owns the queue eventfds. What every device
+/// keeps the same way lives in its [`VirtioCommon`]; the provided methods
+/// read it.
 pub trait VirtioDevice: Send {
     /// The virtio device id (VIRTIO_ID_*).
     fn device_type(&self) -> u32;
-    /// The maximum size of each queue; its length is the number of queues.
-    fn queue_max_sizes(&self) -> &[u16];
-    /// Features offered to the driver.
-    fn avail_features(&self) -> u64;
-    /// Features the driver accepted (a subset of `avail_features`).
-    fn set_acked_features(&mut self, features: u64);
+    /// The features, queue events and interrupt of the device.
+    fn common(&self) -> &VirtioCommon;
+    /// The same, to record what the driver accepted.
+    fn common_mut(&mut self) -> &mut VirtioCommon;
     /// Reads device configuration space; must fill `data`.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Writes device configuration space.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
-    /// The per-queue notification eventfds (one per queue).
-    fn queue_events(&self) -> &[EventFd];
-    /// The device's interrupt.
-    fn interrupt(&self) -> &std::sync::Arc<VirtioInterrupt>;
     /// Starts the device with the driver's queues.
     fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError>;
     /// Returns the device to its initial state (driver wrote 0 to Status).
     fn reset(&mut self);
+
+    /// Writes device configuration space; by default it is read-only and
+    /// the write is ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!(
+            "{}: ignored {}-byte write to the read-only configuration at {offset:#x}",
+            self.common().name(),
+            data.len()
+        );
+    }
+    /// The maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16] {
+        self.common().queue_max_sizes()
+    }
+    /// Features offered to the driver.
+    fn avail_features(&self) -> u64 {
+        self.common().avail_features()
+    }
+    /// Features the driver accepted (kept as a subset of `avail_features`).
+    fn set_acked_features(&mut self, features: u64) {
+        self.common_mut().set_acked_features(features);
+    }
+    /// The per-queue notification eventfds (one per queue).
+    fn queue_events(&self) -> &[EventFd] {
+        self.common().queue_events()
+    }
+    /// The device's interrupt.
+    fn interrupt(&self) -> &std::sync::Arc<VirtioInterrupt> {
+        self.common().interrupt()
+    }
 }
 
 /// Checks that queues handed to `activate` fit the device, are ready and lie in memory.

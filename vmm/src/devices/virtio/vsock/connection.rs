@@ -245,7 +245,7 @@ impl Connection {
         let Some(data) = data else { return Ok(()) };
         if self.host_hup {
             // Nobody reads this any more; the guest learns through SHUTDOWN.
-            self.fwd_cnt += data.len() as u32;
+            self.fwd_cnt += len32(data.len());
             return Ok(());
         }
         let pending = self.tx_buf.len() - self.tx_ctrl_len;
@@ -271,7 +271,7 @@ impl Connection {
     }
 
     fn forwarded(&mut self, bytes: usize) {
-        self.fwd_cnt += bytes as u32;
+        self.fwd_cnt += len32(bytes);
         if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CREDIT_UPDATE_THRESHOLD {
             self.need_credit_update = true;
         }
@@ -373,11 +373,11 @@ impl Connection {
                 Ok(None)
             }
             Ok(n) => {
-                self.rx_cnt += n as u32;
+                self.rx_cnt += len32(n);
                 if self.peer_credit() == 0 {
                     self.need_credit_request = true;
                 }
-                Ok(Some(self.header(OP_RW, n as u32, 0)))
+                Ok(Some(self.header(OP_RW, len32(n), 0)))
             }
             Err(e) if io_kind(&e) == Some(io::ErrorKind::WouldBlock) => {
                 // A closed host never blocks: HUP means read until EOF.
@@ -388,4 +388,11 @@ impl Connection {
             Err(_) => Err(Reset("host socket read failed")),
         }
     }
+}
+
+/// A packet length as the protocol's 32-bit counters count it. Every length
+/// here is bounded by one packet ([`MAX_PKT_DATA`]) or the connection's
+/// buffer, so it always fits; saturate rather than wrap all the same.
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }

@@ -74,9 +74,10 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX)
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
+        *dst = libc::c_char::from_ne_bytes([*src]);
     }
     // SAFETY: plain syscall with constant arguments; the result is checked.
     let fd = unsafe {
@@ -91,15 +92,11 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     }
     // SAFETY: `fd` is a fresh socket that nothing else owns.
     let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let addr_len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_un>())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `addr` is a valid, NUL-terminated sockaddr_un and the length
     // passed is its size.
-    let ret = unsafe {
-        libc::connect(
-            fd,
-            std::ptr::addr_of!(addr).cast(),
-            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-        )
-    };
+    let ret = unsafe { libc::connect(fd, std::ptr::addr_of!(addr).cast(), addr_len) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -185,7 +182,9 @@ impl VsockMuxer {
                 self.accept();
                 continue;
             }
-            let fd = ev.data() as RawFd;
+            let Ok(fd) = RawFd::try_from(ev.data()) else {
+                continue;
+            };
             if self.handshakes.contains_key(&fd) {
                 self.read_handshake(fd);
             } else if let Some(&key) = self.by_fd.get(&fd) {
@@ -213,7 +212,7 @@ impl VsockMuxer {
                 self.epoll.ctl(
                     ControlOperation::Add,
                     fd,
-                    EpollEvent::new(EventSet::IN, fd as u64),
+                    EpollEvent::new(EventSet::IN, fd_token(fd)),
                 )
             });
             match added {
@@ -330,7 +329,7 @@ impl VsockMuxer {
             self.rxq.push_back(key);
         }
         let fd = conn.stream().as_raw_fd();
-        let ev = EpollEvent::new(EventSet::from_bits_truncate(conn.interest()), fd as u64);
+        let ev = EpollEvent::new(EventSet::from_bits_truncate(conn.interest()), fd_token(fd));
         // Fails with ENOENT once the socket hung up and was taken out: fine.
         if self.epoll.ctl(ControlOperation::Modify, fd, ev).is_err() {
             let _ = self.epoll.ctl(ControlOperation::Add, fd, ev);
@@ -420,7 +419,7 @@ impl VsockMuxer {
         if let Err(e) = self.epoll.ctl(
             ControlOperation::Add,
             fd,
-            EpollEvent::new(EventSet::empty(), fd as u64),
+            EpollEvent::new(EventSet::empty(), fd_token(fd)),
         ) {
             warn!("vsock: cannot poll {path:?}: {e}");
             self.queue_rst(key);
@@ -480,6 +479,15 @@ impl Drop for VsockMuxer {
     }
 }
 
+/// The epoll token of a socket: its descriptor, which is never negative
+/// (the listener's token, `u64::MAX`, can never be one).
+fn fd_token(fd: RawFd) -> u64 {
+    u64::try_from(fd).unwrap_or(LISTENER_TOKEN - 1)
+}
+
+// Test constants (descriptor flags, small lengths and addresses) fit their
+// narrower wire types.
+#[allow(clippy::cast_possible_truncation)]
 #[cfg(test)]
 mod tests {
     use super::*;
