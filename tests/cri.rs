@@ -660,3 +660,61 @@ fn terminal_exec_and_stop_are_exact() {
         remove_pod(&mut cri, &ctrd, &pod).await;
     });
 }
+
+/// A pod on a network of its own (the loopback-only CNI network of the
+/// test's containerd), not the host's: its containers share the pod's
+/// network namespace in the guest, where the pod's `net.*` sysctls apply —
+/// its own, and on containerd 2.x the two every such pod gets
+/// (`net.ipv4.ip_unprivileged_port_start`, `net.ipv4.ping_group_range`),
+/// which made every pod fail to start before there was a pod netns.
+#[test]
+fn pod_network_namespace_takes_the_pods_net_sysctls() {
+    let ctrd = Containerd::start_cri();
+    let logs = ctrd.dir().join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut cri = connect(ctrd.address()).await;
+        let mut config = pod_config("netpod", &logs, HashMap::new());
+        let linux = config.linux.as_mut().unwrap();
+        // The pod's own network namespace (CRI's default).
+        linux.security_context = None;
+        linux.sysctls = HashMap::from([(
+            "net.ipv4.ip_local_port_range".to_string(),
+            "40000 50000".to_string(),
+        )]);
+        let pod = run_pod(&mut cri, &ctrd, &config).await;
+        let app = start_container(
+            &mut cri,
+            &ctrd,
+            &pod,
+            &config,
+            container_config("app", &["sleep", "1000"]),
+        )
+        .await;
+        let sidecar = start_container(
+            &mut cri,
+            &ctrd,
+            &pod,
+            &config,
+            container_config("sidecar", &["sleep", "1000"]),
+        )
+        .await;
+        let read = "cat /proc/sys/net/ipv4/ip_local_port_range \
+                    /proc/sys/net/ipv4/ip_unprivileged_port_start; readlink /proc/self/ns/net";
+        let seen_app = exec_sh(&mut cri, &app, read).await;
+        let seen_sidecar = exec_sh(&mut cri, &sidecar, read).await;
+        let lines: Vec<&str> = seen_app.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["40000", "50000"],
+            "{seen_app}"
+        );
+        let unprivileged_ports = if ctrd.build().is_v2() { "0" } else { "1024" };
+        assert_eq!(lines[1], unprivileged_ports, "{seen_app}");
+        // One network namespace for the pod.
+        assert_eq!(seen_app, seen_sidecar, "the pod's containers share it");
+        assert!(lines[2].starts_with("net:["), "{seen_app}");
+        remove_pod(&mut cri, &ctrd, &pod).await;
+    });
+}

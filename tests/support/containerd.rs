@@ -76,6 +76,8 @@ pub struct Containerd {
     dir: tempfile::TempDir,
     daemon: Option<ManagedChild>,
     build: Build,
+    /// `net.ipv4.ip_forward` before the test (CRI: CNI may change it).
+    ip_forward: Option<String>,
 }
 
 impl Containerd {
@@ -90,8 +92,9 @@ impl Containerd {
         Self::launch(firedoor_config, false)
     }
 
-    /// containerd with its CRI plugin: runtime handler `firedoor`, host
-    /// network pods only (no CNI), the pause image [`image::PAUSE_IMAGE`].
+    /// containerd with its CRI plugin: runtime handlers `firedoor` and
+    /// `runc`, a CNI network of the test's own for pods not on the host
+    /// network (see [`ptp_conflist`]), the pause image [`image::PAUSE_IMAGE`].
     /// The busybox and pause images are in namespace `k8s.io`.
     pub fn start_cri() -> Containerd {
         Self::launch("", true)
@@ -129,6 +132,7 @@ impl Containerd {
             dir,
             daemon: None,
             build,
+            ip_forward: cri.then(|| fs::read_to_string(IP_FORWARD).unwrap_or_default()),
         };
         containerd.daemon = Some(containerd.spawn_daemon());
         containerd.wait_ready();
@@ -309,19 +313,43 @@ impl Containerd {
 /// Debian's CNI plugins (`containernetworking-plugins`).
 pub const CNI_PLUGIN_DIR: &str = "/usr/lib/cni";
 
-/// The CNI network of a CRI test's pods: loopback only, so a pod that is
-/// not on the host network gets a network namespace of its own and nothing
-/// on the host changes. Tests that need more write their own conflist into
+/// The CNI network of a CRI test's pods that are not on the host network:
+/// Debian's `ptp` plugin, a veth pair per pod between the host and the
+/// pod's network namespace, an address from a private /24 of this test's
+/// own (host-local IPAM with its state under the test's directory), no
+/// masquerade: nothing leaves the host. CNI DEL removes the veth and its
+/// route; the plugin turns on `net.ipv4.ip_forward`, which [`Containerd`]'s
+/// drop puts back. Tests that need more write their own conflist into
 /// [`Containerd::cni_conf_dir`] (containerd picks the first by name).
-const LOOPBACK_CONFLIST: &str = r#"{
+fn ptp_conflist(root: &Path) -> String {
+    // A /24 of 10.200.0.0/13 chosen from the test directory's random name,
+    // so that tests running side by side get different pod routes.
+    let seed = root
+        .to_string_lossy()
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    let (second, third) = (200 + (seed >> 8) % 8, seed % 256);
+    format!(
+        r#"{{
   "cniVersion": "1.0.0",
-  "name": "firedoor-test-lo",
-  "plugins": [{"type": "loopback"}]
+  "name": "firedoor-test",
+  "plugins": [{{
+    "type": "ptp",
+    "ipMasq": false,
+    "ipam": {{
+      "type": "host-local",
+      "subnet": "10.{second}.{third}.0/24",
+      "dataDir": "{root}/cni/ipam"
+    }}
+  }}]
+}}
+"#,
+        root = root.display()
+    )
 }
-"#;
 
-/// The test's own CNI directories: the plugins linked from Debian's, and the
-/// loopback network.
+/// The test's own CNI directories: the plugins linked from Debian's, and
+/// the test network.
 fn install_cni(root: &Path) {
     let bin = root.join("cni/bin");
     let conf = root.join("cni/conf");
@@ -333,8 +361,11 @@ fn install_cni(root: &Path) {
     for plugin in plugins.flatten() {
         std::os::unix::fs::symlink(plugin.path(), bin.join(plugin.file_name())).unwrap();
     }
-    fs::write(conf.join("90-loopback.conflist"), LOOPBACK_CONFLIST).unwrap();
+    fs::write(conf.join("90-firedoor-test.conflist"), ptp_conflist(root)).unwrap();
 }
+
+/// The host's `net.ipv4.ip_forward`, which CNI plugins turn on.
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
 /// containerd's config: private root, state and sockets under `root`;
 /// with `cri`, the CRI plugin with runtime handlers `runc` and `firedoor`,
@@ -428,6 +459,11 @@ impl Drop for Containerd {
         ours.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for m in ours {
             let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        if let Some(before) = &self.ip_forward {
+            if fs::read_to_string(IP_FORWARD).ok().as_ref() != Some(before) {
+                let _ = fs::write(IP_FORWARD, before);
+            }
         }
     }
 }
