@@ -39,7 +39,7 @@ const USAGE: &str = "usage: firedoor-agent --listen unix:///PATH|vsock://-1:PORT
 As PID 1 the settings come from the kernel command line: firedoor.port=N firedoor.log=LEVEL";
 
 /// Guest paths (see agent.proto).
-const SHARED_DIR: &str = "/run/firedoor/shared";
+const SHARED_DIR: &str = firedoor_protocol::GUEST_SHARED_DIR;
 const DISKS_DIR: &str = "/run/firedoor/disks";
 const GUEST_STATE_DIR: &str = "/run/firedoor/agent";
 const CGROUP_MOUNT: &str = "/sys/fs/cgroup";

@@ -8,8 +8,7 @@ use std::{path::PathBuf, process::Command};
 use crate::{
     backend::{Backend, BackendKind, Launch, RunDir, VmSpec, GUEST_CID},
     host,
-    process::ManagedChild,
-    vhost_user::{fs_socket, start_virtiofsd, VIRTIOFSD},
+    vhost_user::{fs_socket, launch_vmm, VIRTIOFSD},
     Result, VmError, SHARED_FS_TAG,
 };
 
@@ -83,21 +82,14 @@ impl Backend for BuiltinBackend {
     }
 
     fn launch(&self, spec: &VmSpec, run_dir: &RunDir) -> Result<Launch> {
-        // virtiofsd first: the VMM connects to its socket while it starts.
-        let mut helpers = Vec::new();
-        if let Some(shared_dir) = &spec.shared_dir {
-            helpers.push(start_virtiofsd(
-                self.virtiofsd.as_deref(),
-                shared_dir,
-                run_dir,
-            )?);
-        }
-        let vmm = ManagedChild::spawn(
+        launch_vmm(
+            Vec::new(),
+            self.virtiofsd.as_deref(),
+            spec,
+            run_dir,
             FIREDOOR_VMM,
             Command::new(&self.vmm).args(self.vmm_args(spec, run_dir)),
-            Some(&run_dir.log(FIREDOOR_VMM)),
-        )?;
-        Ok(Launch { vmm, helpers })
+        )
     }
 }
 

@@ -5,7 +5,7 @@ use std::{
     fs::File,
     io,
     os::{
-        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsFd, OwnedFd},
         unix::process::CommandExt,
     },
     path::{Path, PathBuf},
@@ -18,6 +18,10 @@ use nix::{
     poll::{poll, PollFd, PollFlags, PollTimeout},
     sys::signal::{kill, Signal},
     unistd::Pid,
+};
+use rustix::process::{
+    pidfd_send_signal, set_parent_process_death_signal, Pid as RustixPid, PidfdFlags,
+    Signal as RustixSignal,
 };
 
 use crate::{Result, VmError};
@@ -49,14 +53,12 @@ impl ManagedChild {
             cmd.stdout(file.try_clone().map_err(spawn_err)?)
                 .stderr(file);
         }
-        // SAFETY: the closure runs between fork and exec and only calls
-        // prctl(2), which is async-signal-safe and touches no memory of ours.
+        // SAFETY: the closure runs between fork and exec and only makes the
+        // prctl(2) system call, which is async-signal-safe, allocates
+        // nothing and touches no memory of ours.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
+                set_parent_process_death_signal(Some(RustixSignal::KILL)).map_err(io::Error::from)
             });
         }
         let mut child = cmd.spawn().map_err(spawn_err)?;
@@ -220,17 +222,9 @@ fn end_all(name: &str, members: Vec<OwnedFd>) {
     }
     warn!("processes started by {name} outlived it by {GROUP_GRACE:?}; killing them");
     for pidfd in &members {
-        // SAFETY: pidfd_send_signal reads only its arguments (no siginfo);
-        // the pidfd names exactly the process we opened, never a reused PID.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                pidfd.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
+        // The pidfd names exactly the process we opened, never a reused PID;
+        // one that has exited already is fine.
+        let _ = pidfd_send_signal(pidfd, RustixSignal::KILL);
     }
     if !wait_all_exited(&members, GROUP_GRACE) {
         warn!("processes started by {name} survived SIGKILL");
@@ -265,18 +259,9 @@ fn wait_all_exited(pidfds: &[OwnedFd], timeout: Duration) -> bool {
 }
 
 fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
-    // or -1; it reads or writes no memory of ours.
-    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.cast_signed(), 0) };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd =
-        i32::try_from(ret).map_err(|_| io::Error::other("pidfd_open: descriptor out of range"))?;
-    // SAFETY: fd is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    debug_assert!(fd.as_raw_fd() >= 0);
-    Ok(fd)
+    let pid = RustixPid::from_raw(pid.cast_signed())
+        .ok_or_else(|| io::Error::other(format!("pid {pid} is not a process")))?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 /// The last `lines` lines of a text file (at most 64 KiB are read).

@@ -7,8 +7,7 @@ use std::{path::PathBuf, process::Command};
 use crate::{
     backend::{Backend, BackendKind, Launch, RunDir, VmSpec, GUEST_CID},
     host::{self, KvmKind},
-    process::ManagedChild,
-    vhost_user::{fs_socket, start_vhost_user_daemon, start_virtiofsd},
+    vhost_user::{fs_socket, launch_vmm, start_vhost_user_daemon},
     Result, VmError, SHARED_FS_TAG,
 };
 
@@ -165,7 +164,7 @@ impl Backend for QemuBackend {
     }
 
     fn launch(&self, spec: &VmSpec, run_dir: &RunDir) -> Result<Launch> {
-        let mut helpers = vec![start_vhost_user_daemon(
+        let vsock = start_vhost_user_daemon(
             VHOST_VSOCK,
             Command::new(&self.vhost_vsock)
                 .arg("--guest-cid")
@@ -178,20 +177,15 @@ impl Backend for QemuBackend {
                 .arg(VSOCK_TX_WINDOW.to_string()),
             &vsock_socket(run_dir),
             run_dir,
-        )?];
-        if let Some(shared_dir) = &spec.shared_dir {
-            helpers.push(start_virtiofsd(
-                self.virtiofsd.as_deref(),
-                shared_dir,
-                run_dir,
-            )?);
-        }
-        let vmm = ManagedChild::spawn(
+        )?;
+        launch_vmm(
+            vec![vsock],
+            self.virtiofsd.as_deref(),
+            spec,
+            run_dir,
             QEMU,
             Command::new(&self.qemu).args(self.qemu_args(spec, run_dir)),
-            Some(&run_dir.log(QEMU)),
-        )?;
-        Ok(Launch { vmm, helpers })
+        )
     }
 }
 

@@ -8,7 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{backend::RunDir, process::ManagedChild, Result, VmError};
+use crate::{
+    backend::{Launch, RunDir, VmSpec},
+    process::ManagedChild,
+    Result, VmError,
+};
 
 pub const VIRTIOFSD: &str = "virtiofsd";
 
@@ -46,6 +50,25 @@ pub fn start_virtiofsd(
         &fs_socket(run_dir),
         run_dir,
     )
+}
+
+/// Finishes a launch the same way for every backend: virtiofsd for the
+/// shared directory (if the spec has one) beside the `helpers` already
+/// running, then the VMM itself, which connects to their sockets as it
+/// starts. Whatever was started is stopped if a later step fails.
+pub(crate) fn launch_vmm(
+    mut helpers: Vec<ManagedChild>,
+    virtiofsd: Option<&Path>,
+    spec: &VmSpec,
+    run_dir: &RunDir,
+    vmm_name: &str,
+    vmm: &mut Command,
+) -> Result<Launch> {
+    if let Some(shared_dir) = &spec.shared_dir {
+        helpers.push(start_virtiofsd(virtiofsd, shared_dir, run_dir)?);
+    }
+    let vmm = ManagedChild::spawn(vmm_name, vmm, Some(&run_dir.log(vmm_name)))?;
+    Ok(Launch { vmm, helpers })
 }
 
 /// Starts a vhost-user device daemon and waits until its socket exists: the

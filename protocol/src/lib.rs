@@ -13,6 +13,7 @@ pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
 }
 
+pub mod oci;
 pub mod stdio;
 
 /// Where the guest mounts the directory the host shares with it (virtio-fs):

@@ -9,44 +9,15 @@ use std::{
 
 use anyhow::Context;
 use containerd_shim_protos::api::Mount as ContainerdMount;
+use firedoor_protocol::oci::{split_mount_options, unescape_mountinfo};
 use log::debug;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-
-/// Splits mount options into flags and the data string for mount(2).
-pub fn parse_options(options: &[String]) -> (MsFlags, String) {
-    let mut flags = MsFlags::empty();
-    let mut data = Vec::new();
-    for option in options {
-        let (set, clear) = match option.as_str() {
-            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
-            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
-            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
-            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
-            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
-            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
-            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
-            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
-            "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
-            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
-            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
-            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
-            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
-            "defaults" => (MsFlags::empty(), MsFlags::empty()),
-            other => {
-                data.push(other.to_string());
-                continue;
-            }
-        };
-        flags = (flags | set) - clear;
-    }
-    (flags, data.join(","))
-}
 
 /// Mounts containerd's rootfs mounts (usually one overlay) on `target`.
 pub fn mount_rootfs(mounts: &[ContainerdMount], target: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
     for m in mounts {
-        let (flags, data) = parse_options(&m.options);
+        let (flags, data) = split_mount_options(&m.options);
         mount(
             Some(m.source.as_str()),
             target,
@@ -119,7 +90,7 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = info
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape(p)))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
         .filter(|p| p.starts_with(dir))
         .collect();
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -143,46 +114,9 @@ pub fn unmount_all_under(dir: &Path) {
     }
 }
 
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(raw: &str) -> String {
-    let mut out = Vec::with_capacity(raw.len());
-    let bytes = raw.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes.get(i..i + 4) {
-            Some([b'\\', a, b, c]) if [a, b, c].iter().all(|d| (b'0'..=b'7').contains(d)) => {
-                out.push((a - b'0') * 64 + (b - b'0') * 8 + (c - b'0'));
-                i += 4;
-            }
-            _ => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn options_split_into_flags_and_data() {
-        let opts: Vec<String> = [
-            "ro",
-            "nosuid",
-            "lowerdir=/a:/b",
-            "upperdir=/u",
-            "rw",
-            "index=off",
-        ]
-        .map(String::from)
-        .into();
-        let (flags, data) = parse_options(&opts);
-        assert_eq!(flags, MsFlags::MS_NOSUID);
-        assert_eq!(data, "lowerdir=/a:/b,upperdir=/u,index=off");
-    }
 
     #[test]
     fn bind_mounts_show_up_and_are_removed() {
@@ -203,10 +137,5 @@ mod tests {
         unmount_all_under(&shared);
         assert!(mounts_under(&shared).is_empty());
         assert!(!target.join("f").exists());
-    }
-
-    #[test]
-    fn unescapes_mountinfo() {
-        assert_eq!(unescape("/a\\040b"), "/a b");
     }
 }

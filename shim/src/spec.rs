@@ -4,7 +4,8 @@
 use std::{fs, path::Path};
 
 use anyhow::{bail, Context};
-use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+use firedoor_protocol::oci;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 /// Reads `<bundle>/config.json`.
 pub fn load(bundle: &Path) -> anyhow::Result<Spec> {
@@ -13,22 +14,9 @@ pub fn load(bundle: &Path) -> anyhow::Result<Spec> {
     parse(&text).with_context(|| format!("invalid {}", path.display()))
 }
 
-/// Parses a config.json. oci-spec's own errors only say "serde failed", so
-/// deserialize through serde_path_to_error to name the field.
+/// Parses a config.json, naming the field that is wrong.
 pub fn parse(text: &str) -> anyhow::Result<Spec> {
-    let de = &mut serde_json::Deserializer::from_str(text);
-    let spec: Spec = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        anyhow::anyhow!(
-            "at {}: {}",
-            if path == "." {
-                "top level".into()
-            } else {
-                path
-            },
-            e.inner()
-        )
-    })?;
+    let spec: Spec = oci::from_json(text.as_bytes()).map_err(|e| anyhow::anyhow!("at {e}"))?;
     let Some(process) = spec.process() else {
         bail!("process is missing: nothing to run");
     };
@@ -53,7 +41,12 @@ pub fn host_bind_mounts(spec: &Spec) -> Vec<SharedMount> {
         .iter()
         .flatten()
         .enumerate()
-        .filter(|(_, m)| is_bind(m))
+        .filter(|(_, m)| {
+            oci::is_bind(
+                m.typ().as_deref(),
+                m.options().iter().flatten().map(String::as_str),
+            )
+        })
         .filter_map(|(index, m)| {
             m.source().as_ref().map(|source| SharedMount {
                 index,
@@ -61,15 +54,6 @@ pub fn host_bind_mounts(spec: &Spec) -> Vec<SharedMount> {
             })
         })
         .collect()
-}
-
-fn is_bind(mount: &Mount) -> bool {
-    mount.typ().as_deref() == Some("bind")
-        || mount
-            .options()
-            .iter()
-            .flatten()
-            .any(|o| o == "bind" || o == "rbind")
 }
 
 /// Rewrites a host spec for the guest: the rootfs and bind-mount sources

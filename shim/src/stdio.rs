@@ -321,15 +321,10 @@ fn start_logger(
             // descriptor that is still to be moved.
             let mut high = [0; 3];
             for (slot, fd) in high.iter_mut().zip(fds) {
-                *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
-                if *slot < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                *slot = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))?;
             }
             for (target, fd) in (3..).zip(high) {
-                if libc::dup2(fd, target) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                nix::unistd::dup2(fd, target)?;
             }
             Ok(())
         });

@@ -93,6 +93,8 @@ impl SandboxSlot {
         let unavailable =
             |e: anyhow::Error| ShimError::Unavailable(format!("starting the sandbox VM: {e:#}"));
         let spec = sizing::vm_spec(&config, request.state_dir, &first).map_err(unavailable)?;
+        // A step that prepares the host side of the guest's network (a tap
+        // device in the VmSpec) belongs here, between spec and boot.
         let backend = backends::for_config(&config).map_err(unavailable)?;
         let sandbox = watchers::boot_watched(owner, backend, spec).map_err(unavailable)?;
         if let Err(e) = set_up_guest(&sandbox, request.state_dir, &first.hostname) {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use containerd_shim::api;
+use firedoor_protocol::oci::display_exec;
 use log::{debug, info};
 
 use super::{process::Phase, ExitInfo, Shared};
@@ -69,12 +70,4 @@ pub(super) fn delete(shared: &Arc<Shared>, req: api::DeleteRequest) -> Result<ap
         shared.sandbox.shut_down(&shared.state_dir);
     }
     Ok(response)
-}
-
-fn display_exec(exec_id: &str) -> &str {
-    if exec_id.is_empty() {
-        "init"
-    } else {
-        exec_id
-    }
 }

@@ -28,15 +28,15 @@ use firedoor_protocol::{
         ContainerRequest, CreateContainerRequest, CreateContainerResponse, Empty,
         ExecProcessRequest, ExecProcessResponse, GetOOMEventRequest, OOMEvent, ProcessRequest,
         RemoveContainerRequest, ShutdownRequest, SignalProcessRequest, StatsContainerResponse,
-        WaitProcessResponse,
+        UpdateContainerRequest, WaitProcessResponse,
     },
     agent_ttrpc::{create_agent, Agent, AgentClient},
 };
 use ttrpc::TtrpcContext;
 
 use super::{
-    container_create, container_delete, events::EventSink, process_exec, process_kill,
-    process_start, process_state, process_wait, Events, Shared,
+    container_create, container_delete, container_update, events::EventSink, process_exec,
+    process_kill, process_start, process_state, process_wait, Events, Shared,
 };
 use crate::{
     config::Config,
@@ -185,6 +185,20 @@ impl Agent for FakeAgent {
         _: ContainerRequest,
     ) -> Reply<StatsContainerResponse> {
         Ok(StatsContainerResponse::default())
+    }
+
+    fn update_container(&self, _: &TtrpcContext, req: UpdateContainerRequest) -> Reply<Empty> {
+        // As the real agent: the JSON must be OCI LinuxResources.
+        serde_json::from_slice::<oci_spec::runtime::LinuxResources>(&req.resources_json).map_err(
+            |e| {
+                ttrpc::Error::RpcStatus(ttrpc::get_status(
+                    ttrpc::Code::INVALID_ARGUMENT,
+                    format!("resources_json: {e}"),
+                ))
+            },
+        )?;
+        self.record(format!("update {}", req.container_id));
+        Ok(Empty::default())
     }
 
     fn remove_container(&self, _: &TtrpcContext, req: RemoveContainerRequest) -> Reply<Empty> {
@@ -664,4 +678,33 @@ fn delete_unmounts_the_rootfs_where_create_mounted_it() {
         "{} still mounted",
         rootfs.display()
     );
+}
+
+#[test]
+fn update_passes_the_agents_verdict_on_resources_through() {
+    let h = Harness::new();
+    h.create("c1").unwrap();
+    let update = |json: &[u8]| {
+        container_update::update(
+            &h.shared,
+            api::UpdateTaskRequest {
+                id: "c1".into(),
+                resources: Some(Any {
+                    value: json.to_vec(),
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            },
+        )
+    };
+    update(br#"{"pids": {"limit": 10}}"#).unwrap();
+    let err = update(b"not json").unwrap_err();
+    assert_eq!(err.code(), Code::INVALID_ARGUMENT);
+    assert!(
+        err.to_string()
+            .starts_with("updating resources: resources_json"),
+        "{err}"
+    );
+    assert!(h.agent.calls().contains(&"update c1".to_string()));
 }
