@@ -619,3 +619,86 @@ fn run_rm_vm_powers_off_by_itself() {
         "no clean power-off in the log:\n{log}"
     );
 }
+
+/// A helper of the sandbox (virtiofsd, vhost-device-vsock) killed with
+/// SIGKILL under a running container: the sandbox fails at once, the task
+/// exits 137, and nothing of the sandbox is left. QEMU quits by itself when
+/// virtiofsd goes (or the shim's watcher stops it first); it keeps running
+/// without its vsock backend, and then only the watcher stops it
+/// (`shim_stops_the_vm`). The built-in VMM outlives either helper, so there
+/// the watcher always does.
+fn helper_killed_ends_the_task_and_cleans_up(helper: &str, id: &str, shim_stops_the_vm: bool) {
+    let ctrd = Containerd::start();
+    let mut run = ctrd
+        .ctr_command(&[
+            "run",
+            "--runtime",
+            RUNTIME,
+            BUSYBOX_IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    ctrd.wait_status(id, "RUNNING");
+    let pids = fs::read_to_string(Containerd::state_dir(id).join("vm.pids")).unwrap();
+    let victim = pids
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+        .find(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.contains(helper))
+        })
+        .unwrap_or_else(|| panic!("no {helper} among the VM's processes {pids:?}"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let status = run.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(137),
+        "exit status reported for the task\n{}",
+        ctrd.log_tail(20)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "the task took {:?} to end after {helper} died",
+        started.elapsed()
+    );
+    let log = fs::read_to_string(ctrd.dir().join("containerd.log")).unwrap();
+    let problems: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("level=error") || l.contains("level=warn"))
+        .collect();
+    assert!(
+        log.contains("the sandbox VM exited unexpectedly"),
+        "{}",
+        problems.join("\n")
+    );
+    assert_eq!(
+        log.contains(&format!(
+            "{helper} (pid {victim}) exited under a running sandbox"
+        )),
+        shim_stops_the_vm,
+        "{}",
+        problems.join("\n")
+    );
+    ctrd.ctr_ok(&["containers", "rm", id]);
+    ctrd.assert_sandbox_gone(id);
+}
+
+#[test]
+fn virtiofsd_killed_ends_the_task_and_cleans_up() {
+    helper_killed_ends_the_task_and_cleans_up("virtiofsd", "fd-fskill", false);
+}
+
+#[test]
+fn vhost_device_vsock_killed_ends_the_task_and_cleans_up() {
+    helper_killed_ends_the_task_and_cleans_up("vhost-device-vsock", "fd-vsockkill", true);
+}

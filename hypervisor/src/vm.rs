@@ -234,6 +234,22 @@ impl MicroVm {
         self.vmm.exit_notifier()
     }
 
+    /// For each helper (vhost-user daemon): its name and a descriptor that
+    /// becomes readable when it exits. A VM whose helper died cannot go on
+    /// (Linux waits for ever on the FUSE requests a dead virtiofsd had), so
+    /// its watcher stops the VM.
+    pub fn helper_exit_notifiers(&self) -> std::io::Result<Vec<(String, std::os::fd::OwnedFd)>> {
+        self.helpers
+            .iter()
+            .map(|h| {
+                Ok((
+                    format!("{} (pid {})", h.name(), h.pid()),
+                    h.exit_notifier()?,
+                ))
+            })
+            .collect()
+    }
+
     /// The last `lines` lines of the guest console.
     pub fn console_tail(&self, lines: usize) -> String {
         tail_lines(&self.run_dir.console_log(), lines)

@@ -66,6 +66,10 @@ const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 pub trait SandboxVm: Send {
     /// A descriptor that becomes readable when the VM has exited.
     fn exit_notifier(&self) -> io::Result<OwnedFd>;
+    /// Each helper's name and a descriptor readable once it has exited.
+    fn helper_exit_notifiers(&self) -> io::Result<Vec<(String, OwnedFd)>> {
+        Ok(Vec::new())
+    }
     fn vmm_pid(&self) -> u32;
     /// PIDs of the helper processes (vhost-user daemons).
     fn helper_pids(&self) -> Vec<u32>;
@@ -81,6 +85,9 @@ pub trait SandboxVm: Send {
 impl SandboxVm for MicroVm {
     fn exit_notifier(&self) -> io::Result<OwnedFd> {
         MicroVm::exit_notifier(self)
+    }
+    fn helper_exit_notifiers(&self) -> io::Result<Vec<(String, OwnedFd)>> {
+        MicroVm::helper_exit_notifiers(self)
     }
     fn vmm_pid(&self) -> u32 {
         MicroVm::vmm_pid(self)

@@ -120,6 +120,11 @@ impl SandboxSlot {
             .unwrap_or_else(|e| e.into_inner()) = Some(sandbox);
     }
 
+    /// Whether we are stopping the VM on purpose.
+    pub(super) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
     /// The VMM exited; true if we did not stop it (it is then marked dead).
     pub(super) fn exited_unexpectedly(&self) -> bool {
         if self.stopping.load(Ordering::SeqCst) {

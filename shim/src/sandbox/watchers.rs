@@ -37,10 +37,12 @@ pub(super) fn boot_watched<O: SandboxOwner>(
                 Err(e) => return drop(tx.send(Err(e))),
             };
             let exit_fd = sandbox.vm().exit_notifier();
+            let helpers = sandbox.vm().helper_exit_notifiers();
             record_pids(&spec.run_base, &sandbox);
             let _ = tx.send(Ok(sandbox));
-            if let Ok(exit_fd) = exit_fd {
-                watch_exit(&watcher_owner, &exit_fd);
+            match (exit_fd, helpers) {
+                (Ok(exit_fd), Ok(helpers)) => watch_exit(&watcher_owner, &exit_fd, helpers),
+                (Err(e), _) | (_, Err(e)) => warn!("cannot watch the sandbox VM: {e}"),
             }
         })
         .context("starting the sandbox thread")?;
@@ -51,15 +53,57 @@ pub(super) fn boot_watched<O: SandboxOwner>(
 #[cfg(test)]
 pub(super) fn watch_in_thread<O: SandboxOwner>(owner: &Arc<O>, sandbox: &Sandbox) {
     let exit_fd = sandbox.vm().exit_notifier().expect("exit notifier");
+    let helpers = sandbox
+        .vm()
+        .helper_exit_notifiers()
+        .expect("helper notifiers");
     let owner = Arc::downgrade(owner);
-    thread::spawn(move || watch_exit(&owner, &exit_fd));
+    thread::spawn(move || watch_exit(&owner, &exit_fd, helpers));
 }
 
 /// Blocks until `exit_fd` (the VM's exit notifier) is readable, then
-/// reports the VM's exit unless we stopped it.
-fn watch_exit<O: SandboxOwner>(owner: &Weak<O>, exit_fd: &OwnedFd) {
-    let mut fds = [PollFd::new(exit_fd.as_fd(), PollFlags::POLLIN)];
-    while let Err(nix::Error::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
+/// reports the VM's exit unless we stopped it. A helper that dies first
+/// (virtiofsd, vhost-device-vsock) fails the sandbox too: the VM is killed
+/// at once, since a guest waiting on a dead helper never finishes (Linux
+/// does not give up on in-flight FUSE requests), and its exit is reported
+/// as the VM's.
+fn watch_exit<O: SandboxOwner>(
+    owner: &Weak<O>,
+    exit_fd: &OwnedFd,
+    mut helpers: Vec<(String, OwnedFd)>,
+) {
+    loop {
+        let mut fds: Vec<PollFd<'_>> = std::iter::once(exit_fd)
+            .chain(helpers.iter().map(|(_, fd)| fd))
+            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+            .collect();
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return warn!("watching the sandbox VM: {e}"),
+            Ok(_) => {}
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
+        drop(fds);
+        if ready[0] {
+            break;
+        }
+        let Some(dead) = ready[1..].iter().position(|&r| r) else {
+            continue;
+        };
+        let (name, _) = helpers.remove(dead);
+        let Some(owner) = owner.upgrade() else {
+            return;
+        };
+        if owner.slot().is_stopping() {
+            continue;
+        }
+        error!("{name} exited under a running sandbox; stopping the sandbox VM");
+        if let Some(sandbox) = owner.slot().get() {
+            if let Err(e) = sandbox.vm().stop(std::time::Duration::ZERO) {
+                warn!("stopping the sandbox VM: {e:#}");
+            }
+        }
+    }
     let Some(owner) = owner.upgrade() else {
         return;
     };
