@@ -201,6 +201,11 @@ impl Containerd {
         }
     }
 
+    /// containerd's own PID.
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.as_ref().map_or(0, ManagedChild::pid)
+    }
+
     /// The containerd build this daemon is.
     pub fn build(&self) -> &Build {
         &self.build
