@@ -113,8 +113,10 @@ fn sigterm_stops_a_running_guest_with_vsock_traffic() {
     // (the guest has no vsock driver, so it is never answered).
     let mut host = UnixStream::connect(&uds).unwrap();
     host.write_all(b"CONNECT 1024\n").unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
     // SAFETY: plain kill(2) on our own child.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let killed = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(killed, 0);
     let status = child.wait().unwrap();
     let mut err = String::new();
     child
@@ -338,7 +340,8 @@ fn seccomp_child(kind: &str) {
             libc::getppid();
         }
     }
-    // Not reached.
+    // Not reached; the parent test checks that the child died of SIGSYS.
+    #[allow(clippy::exit)]
     std::process::exit(0);
 }
 
@@ -645,9 +648,11 @@ fn jailed_vmm_death_by_signal_shows_in_the_supervisor_status() {
     // From outside its namespace only SIGKILL (or SIGSTOP) can end PID 1
     // without a handler; a seccomp SIGSYS comes from the kernel and takes
     // the same path through the supervisor.
+    let pid = i32::try_from(vmm).unwrap();
     // SAFETY: plain kill(2) on our own grandchild, which is still alive
     // (the supervisor has not reaped it).
-    assert_eq!(unsafe { libc::kill(vmm as i32, libc::SIGKILL) }, 0);
+    let killed = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(killed, 0);
     let status = supervisor.wait().unwrap();
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     wait_until_gone(vmm);

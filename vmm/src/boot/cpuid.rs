@@ -39,11 +39,11 @@ fn is_amd(cpuid: &CpuId) -> bool {
 
 /// Bits needed to number `count` items (ceil(log2(count))).
 fn id_bits(count: u8) -> u32 {
-    (count.max(1) as u32).next_power_of_two().trailing_zeros()
+    u32::from(count.max(1)).next_power_of_two().trailing_zeros()
 }
 
 fn set_topology_leaf(e: &mut kvm_cpuid_entry2, t: VcpuTopology) {
-    e.edx = t.id as u32; // x2APIC id
+    e.edx = u32::from(t.id); // x2APIC id
     match e.index {
         0 => {
             e.eax = 0; // one thread per core: no SMT bits
@@ -52,7 +52,7 @@ fn set_topology_leaf(e: &mut kvm_cpuid_entry2, t: VcpuTopology) {
         }
         1 => {
             e.eax = id_bits(t.count);
-            e.ebx = t.count as u32;
+            e.ebx = u32::from(t.count);
             e.ecx = (TOPOLOGY_LEVEL_CORE << 8) | e.index;
         }
         _ => {
@@ -70,7 +70,8 @@ pub fn filter_cpuid(cpuid: &mut CpuId, t: VcpuTopology) {
     for e in cpuid.as_mut_slice() {
         match e.function {
             LEAF_FEATURES => {
-                e.ebx = (e.ebx & 0x0000_ffff) | ((t.id as u32) << 24) | ((t.count as u32) << 16);
+                e.ebx =
+                    (e.ebx & 0x0000_ffff) | (u32::from(t.id) << 24) | (u32::from(t.count) << 16);
                 e.ecx |= FEATURES_ECX_HYPERVISOR;
                 if t.tsc_deadline {
                     e.ecx |= FEATURES_ECX_TSC_DEADLINE;
@@ -83,16 +84,20 @@ pub fn filter_cpuid(cpuid: &mut CpuId, t: VcpuTopology) {
             }
             LEAF_CACHE_PARAMS => {
                 let level = (e.eax >> 5) & 0x7;
-                let sharing = if level >= 3 { t.count as u32 - 1 } else { 0 };
-                e.eax = (e.eax & 0x3fff) | ((t.count as u32 - 1) << 26) | (sharing << 14);
+                let sharing = if level >= 3 {
+                    u32::from(t.count) - 1
+                } else {
+                    0
+                };
+                e.eax = (e.eax & 0x3fff) | ((u32::from(t.count) - 1) << 26) | (sharing << 14);
             }
             LEAF_EXT_TOPOLOGY | LEAF_EXT_TOPOLOGY_V2 => set_topology_leaf(e, t),
             LEAF_AMD_SIZE_IDS if amd => {
-                e.ecx = (e.ecx & !0xf0ff) | (id_bits(t.count) << 12) | (t.count as u32 - 1);
+                e.ecx = (e.ecx & !0xf0ff) | (id_bits(t.count) << 12) | (u32::from(t.count) - 1);
             }
             LEAF_AMD_EXT_APIC_ID if amd => {
-                e.eax = t.id as u32;
-                e.ebx = t.id as u32; // compute unit id; one thread per unit
+                e.eax = u32::from(t.id);
+                e.ebx = u32::from(t.id); // compute unit id; one thread per unit
                 e.ecx = 0;
             }
             _ => {}

@@ -133,7 +133,7 @@ mod tests {
             .unwrap();
         assert_eq!(&mpf[..4], b"_MP_");
         assert_eq!(sum(&mpf), 0);
-        let table_addr = u32::from_le_bytes(mpf[4..8].try_into().unwrap()) as u64;
+        let table_addr = u64::from(u32::from_le_bytes(mpf[4..8].try_into().unwrap()));
 
         let mut header = [0u8; 44];
         mem.read_slice(&mut header, GuestAddress(table_addr))

@@ -123,7 +123,7 @@ pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), RegsError> {
         }
         let value = set_delivery_mode(u32::from_le_bytes(raw), mode).to_le_bytes();
         for (d, s) in bytes.iter_mut().zip(value) {
-            *d = s as _;
+            *d = libc::c_char::from_ne_bytes([s]);
         }
     }
     vcpu.set_lapic(&lapic)

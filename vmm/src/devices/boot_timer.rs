@@ -12,6 +12,7 @@ use super::BusDevice;
 pub const BOOT_TIMER_PORT: u64 = 0x440;
 
 /// Records the first write.
+#[derive(Debug)]
 pub struct BootTimer {
     start: Instant,
     elapsed: Arc<OnceLock<Duration>>,

@@ -13,6 +13,7 @@ pub const I8042_PORT_BASE: u64 = 0x60;
 pub const I8042_PORT_LEN: u64 = 5;
 
 /// The controller; `reset` fires when the guest pulses the reset line.
+#[derive(Debug)]
 pub struct I8042<T: Trigger>(I8042Device<T>);
 
 impl<T: Trigger> I8042<T> {

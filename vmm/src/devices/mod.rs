@@ -42,9 +42,18 @@ struct BusRange {
     device: Arc<Mutex<dyn BusDevice>>,
 }
 
+impl std::fmt::Debug for BusRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusRange")
+            .field("base", &self.base)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An address space (port I/O or MMIO) mapping ranges to devices.
 /// Built before the vCPUs start; read-only afterwards.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Bus {
     ranges: Vec<BusRange>,
 }
@@ -113,6 +122,7 @@ impl Bus {
 }
 
 /// A vm-superio trigger backed by an EventFd (an irqfd or a reset event).
+#[derive(Debug)]
 pub struct EventFdTrigger(pub EventFd);
 
 impl vm_superio::Trigger for EventFdTrigger {

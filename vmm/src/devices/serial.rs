@@ -21,6 +21,14 @@ pub struct SerialDevice {
     write_failed: bool,
 }
 
+impl std::fmt::Debug for SerialDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialDevice")
+            .field("write_failed", &self.write_failed)
+            .finish_non_exhaustive()
+    }
+}
+
 impl SerialDevice {
     /// `interrupt` is signalled when the UART raises its interrupt line.
     pub fn new(interrupt: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {

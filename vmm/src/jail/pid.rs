@@ -19,6 +19,9 @@
 //! tears everything down: the VMM has PR_SET_PDEATHSIG=SIGKILL towards the
 //! supervisor, and as PID 1 its death ends the whole namespace; its mount
 //! and network namespaces die with it, so nothing is left mounted.
+// The supervisor half of the fork never returns into main: it ends the
+// process itself, with the VMM's exit status or signal.
+#![allow(clippy::exit)]
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};

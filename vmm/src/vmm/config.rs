@@ -20,6 +20,17 @@ pub enum SerialOutput {
     Sink,
 }
 
+impl std::fmt::Debug for SerialOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SerialOutput::Stdout => f.write_str("Stdout"),
+            SerialOutput::File(path) => f.debug_tuple("File").field(path).finish(),
+            SerialOutput::Writer(_) => f.write_str("Writer(..)"),
+            SerialOutput::Sink => f.write_str("Sink"),
+        }
+    }
+}
+
 /// The hybrid vsock device.
 #[derive(Clone, Debug)]
 pub struct VsockConfig {
@@ -60,6 +71,7 @@ pub struct NetConfig {
 }
 
 /// Everything needed to build a microVM.
+#[derive(Debug)]
 pub struct VmConfig {
     /// Uncompressed vmlinux (ELF).
     pub kernel: PathBuf,

@@ -86,6 +86,16 @@ pub struct Vmm {
     _mem: GuestMemoryMmap,
 }
 
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("vcpus", &self.vcpus)
+            .field("cmdline", &self.cmdline)
+            .field("seccomp", &self.seccomp)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Vmm {
     /// The full kernel command line given to the guest.
     pub fn kernel_cmdline(&self) -> &str {

@@ -30,7 +30,7 @@ impl MutEventSubscriber for ExitSubscriber {
 }
 
 /// Stops a running VM from another thread (or a signal handler).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct StopHandle(pub(super) Arc<VmExit>);
 
 impl StopHandle {

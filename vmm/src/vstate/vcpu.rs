@@ -52,6 +52,7 @@ impl ExitReason {
 /// The first reason the VM must stop, and an eventfd that wakes the VMM
 /// thread. `request` only touches an atomic and an eventfd, so it may be
 /// called from a signal handler.
+#[derive(Debug)]
 pub struct VmExit {
     reason: AtomicU8,
     error: Mutex<Option<String>>,
@@ -101,6 +102,7 @@ impl VmExit {
 }
 
 /// The i8042 reset line: stops the VM with [`ExitReason::Reset`].
+#[derive(Debug)]
 pub struct ResetTrigger(pub Arc<VmExit>);
 
 impl vm_superio::Trigger for ResetTrigger {
@@ -125,6 +127,7 @@ pub enum VcpuError {
 }
 
 /// One vCPU, configured and ready to run.
+#[derive(Debug)]
 pub struct Vcpu {
     fd: VcpuFd,
     id: u8,

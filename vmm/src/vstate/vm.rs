@@ -39,6 +39,7 @@ pub enum VmError {
 }
 
 /// A KVM VM with an in-kernel irqchip (PIC + IOAPIC + LAPICs) and PIT.
+#[derive(Debug)]
 pub struct Vm {
     kvm: Kvm,
     fd: VmFd,

@@ -43,12 +43,14 @@ const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
 /// The host page: discards are rounded inwards to it.
 const PAGE: u64 = 4096;
 
+#[derive(Debug)]
 struct Active {
     mem: GuestMemoryMmap,
     queues: Vec<Queue>,
 }
 
 /// The virtio-balloon device.
+#[derive(Debug)]
 pub struct Balloon {
     /// struct virtio_balloon_config: num_pages, actual (LE u32 each).
     config: [u8; 8],

@@ -44,12 +44,14 @@ struct RequestHeader {
 // SAFETY: plain integers, no padding, every bit pattern is valid.
 unsafe impl ByteValued for RequestHeader {}
 
+#[derive(Debug)]
 struct Active {
     mem: GuestMemoryMmap,
     queue: Queue,
 }
 
 /// The virtio-blk device.
+#[derive(Debug)]
 pub struct Block {
     file: File,
     read_only: bool,

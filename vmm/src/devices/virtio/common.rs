@@ -16,6 +16,7 @@ use crate::memory::GuestMemoryMmap;
 /// The state every device keeps the same way; a device embeds one and
 /// returns it from [`VirtioDevice::common`](super::VirtioDevice::common),
 /// which gives it the trait's feature, queue-event and interrupt methods.
+#[derive(Debug)]
 pub struct VirtioCommon {
     /// Logged with every message about this device.
     name: &'static str,

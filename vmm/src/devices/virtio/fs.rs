@@ -125,6 +125,7 @@ struct RingAddresses {
 }
 
 /// Work a vCPU queued for the VMM thread.
+#[derive(Debug)]
 enum Work {
     Start {
         mem: GuestMemoryMmap,
@@ -151,6 +152,15 @@ pub struct Fs {
     pending: VecDeque<Work>,
     /// The backend serves the rings.
     running: bool,
+}
+
+impl std::fmt::Debug for Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fs")
+            .field("backend_name", &self.backend_name)
+            .field("running", &self.running)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Fs {
@@ -667,7 +677,7 @@ mod tests {
 
     /// Drives the transport like the Linux driver: features, queues, DRIVER_OK.
     fn bring_up(t: &mut MmioTransport, rings: [(u64, u64, u64); 2], features: u64) {
-        let w = |t: &mut MmioTransport, off: u32, v: u32| t.write(off as u64, &v.to_le_bytes());
+        let w = |t: &mut MmioTransport, off: u32, v: u32| t.write(u64::from(off), &v.to_le_bytes());
         w(t, VIRTIO_MMIO_STATUS, 1);
         w(t, VIRTIO_MMIO_STATUS, 3);
         for sel in 0..2u32 {
@@ -695,7 +705,7 @@ mod tests {
 
     fn status(t: &mut MmioTransport) -> u32 {
         let mut word = [0u8; 4];
-        t.read(VIRTIO_MMIO_STATUS as u64, &mut word);
+        t.read(u64::from(VIRTIO_MMIO_STATUS), &mut word);
         u32::from_le_bytes(word)
     }
 
@@ -762,12 +772,12 @@ mod tests {
         lock(&fs).call_evts[1].write(1).unwrap();
         lock(&fs).relay_call(1);
         let mut isr = [0u8; 4];
-        t.read(VIRTIO_MMIO_INTERRUPT_STATUS as u64, &mut isr);
+        t.read(u64::from(VIRTIO_MMIO_INTERRUPT_STATUS), &mut isr);
         assert_eq!(u32::from_le_bytes(isr), VIRTIO_MMIO_INT_VRING);
         assert_eq!(lock(&fs).common.interrupt().irqfd().read().unwrap(), 1);
 
         // Driver reset: the backend is told to stop both rings.
-        t.write(VIRTIO_MMIO_STATUS as u64, &0u32.to_le_bytes());
+        t.write(u64::from(VIRTIO_MMIO_STATUS), &0u32.to_le_bytes());
         lock(&fs).run_pending_work();
         let stop = [FrontendReq::SET_VRING_ENABLE, FrontendReq::GET_VRING_BASE].map(code);
         assert_eq!(codes(&rx), [stop, stop].concat());
@@ -825,10 +835,10 @@ mod tests {
         assert!(!lock(&fs).backend_connected());
         assert_ne!(status(&mut t) & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
         let mut isr = [0u8; 4];
-        t.read(VIRTIO_MMIO_INTERRUPT_STATUS as u64, &mut isr);
+        t.read(u64::from(VIRTIO_MMIO_INTERRUPT_STATUS), &mut isr);
         assert_eq!(u32::from_le_bytes(isr), VIRTIO_MMIO_INT_CONFIG);
         // The driver resets and tries again: refused at once, no hang.
-        t.write(VIRTIO_MMIO_STATUS as u64, &0u32.to_le_bytes());
+        t.write(u64::from(VIRTIO_MMIO_STATUS), &0u32.to_le_bytes());
         assert_eq!(status(&mut t), 0);
         lock(&fs).run_pending_work();
         bring_up(&mut t, GOOD_RINGS, VIRTIO_F_VERSION_1);
@@ -851,7 +861,7 @@ mod tests {
         bring_up(&mut t, GOOD_RINGS, VIRTIO_F_VERSION_1);
         lock(&fs).run_pending_work();
         let started = lock(&fs).running && lock(&fs).backend_connected();
-        t.write(VIRTIO_MMIO_STATUS as u64, &0u32.to_le_bytes());
+        t.write(u64::from(VIRTIO_MMIO_STATUS), &0u32.to_le_bytes());
         lock(&fs).run_pending_work();
         let stopped = !lock(&fs).running && lock(&fs).backend_connected();
         daemon.kill().unwrap();

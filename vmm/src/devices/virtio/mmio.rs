@@ -43,6 +43,14 @@ pub struct MmioTransport {
     config_generation: u32,
 }
 
+impl std::fmt::Debug for MmioTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransport")
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl MmioTransport {
     /// Wraps `device`; `mem` is handed to the device when the driver is ready.
     pub fn new(
@@ -166,11 +174,12 @@ impl MmioTransport {
                 }
                 match self.driver_features_select {
                     0 => {
-                        self.driver_features = (self.driver_features & !0xffff_ffff) | value as u64
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | u64::from(value)
                     }
                     1 => {
                         self.driver_features =
-                            (self.driver_features & 0xffff_ffff) | ((value as u64) << 32)
+                            (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
                     }
                     _ => {}
                 }
@@ -303,8 +312,8 @@ impl MmioTransport {
 
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if offset >= VIRTIO_MMIO_CONFIG as u64 {
-            lock(&self.device).read_config(offset - VIRTIO_MMIO_CONFIG as u64, data);
+        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+            lock(&self.device).read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
             return;
         }
         match (<&mut [u8; 4]>::try_from(&mut *data), u32::try_from(offset)) {
@@ -322,8 +331,8 @@ impl BusDevice for MmioTransport {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset >= VIRTIO_MMIO_CONFIG as u64 {
-            lock(&self.device).write_config(offset - VIRTIO_MMIO_CONFIG as u64, data);
+        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+            lock(&self.device).write_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
             self.config_generation = self.config_generation.wrapping_add(1);
             return;
         }
@@ -414,12 +423,12 @@ mod tests {
 
     fn r(t: &mut MmioTransport, off: u32) -> u32 {
         let mut d = [0u8; 4];
-        t.read(off as u64, &mut d);
+        t.read(u64::from(off), &mut d);
         u32::from_le_bytes(d)
     }
 
     fn w(t: &mut MmioTransport, off: u32, v: u32) {
-        t.write(off as u64, &v.to_le_bytes());
+        t.write(u64::from(off), &v.to_le_bytes());
     }
 
     fn setup_queues(t: &mut MmioTransport) {
@@ -554,7 +563,7 @@ mod tests {
         let mut four = [0u8; 4];
         t.read(2, &mut four);
         assert_eq!(four, [0; 4]);
-        t.write(VIRTIO_MMIO_STATUS as u64, &[1]);
+        t.write(u64::from(VIRTIO_MMIO_STATUS), &[1]);
         assert_eq!(r(&mut t, VIRTIO_MMIO_STATUS), 0);
         // DRIVER_OK without FEATURES_OK.
         w(&mut t, VIRTIO_MMIO_STATUS, 1);

@@ -43,6 +43,7 @@ pub enum ActivateError {
 /// an irqfd that raises the guest interrupt. It also carries the device's
 /// "needs reset" signal, which a device raises from its own thread when it
 /// can no longer work (e.g. its vhost-user backend died).
+#[derive(Debug)]
 pub struct VirtioInterrupt {
     status: AtomicU32,
     needs_reset: AtomicBool,

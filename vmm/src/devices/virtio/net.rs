@@ -63,12 +63,14 @@ pub enum NetError {
     Io(&'static str, #[source] io::Error),
 }
 
+#[derive(Debug)]
 struct Active {
     mem: GuestMemoryMmap,
     queues: Vec<Queue>,
 }
 
 /// The virtio-net device.
+#[derive(Debug)]
 pub struct Net {
     tap: std::fs::File,
     config: [u8; 12],

@@ -36,6 +36,7 @@ pub enum ConnState {
 }
 
 /// A vsock stream connection.
+#[derive(Debug)]
 pub struct Connection {
     stream: UnixStream,
     /// Host-side (our) port.

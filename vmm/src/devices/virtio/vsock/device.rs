@@ -28,12 +28,14 @@ const _: () = assert!(HEADER_LEN as usize == PKT_HEADER_SIZE);
 /// Epoll token for the muxer's fd (queue eventfds use their index).
 pub(super) const MUXER_TOKEN: u32 = 100;
 
+#[derive(Debug)]
 struct Active {
     mem: GuestMemoryMmap,
     queues: Vec<Queue>,
 }
 
 /// The virtio-vsock device.
+#[derive(Debug)]
 pub struct Vsock {
     cid: u64,
     pub(super) muxer: VsockMuxer,

@@ -44,12 +44,14 @@ struct ConnKey {
     peer_port: u32,
 }
 
+#[derive(Debug)]
 struct Handshake {
     stream: UnixStream,
     line: Vec<u8>,
 }
 
 /// Multiplexes vsock streams onto Unix sockets.
+#[derive(Debug)]
 pub struct VsockMuxer {
     guest_cid: u64,
     uds_path: PathBuf,
