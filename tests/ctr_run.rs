@@ -567,40 +567,7 @@ fn guest_that_never_answers_times_out() {
 
 #[test]
 fn vmm_killed_with_sigkill_ends_the_task_and_cleans_up() {
-    let ctrd = Containerd::start();
-    let id = "fd-vmkill";
-    // Attached: ctr exits with the exit status containerd reports.
-    let mut run = ctrd
-        .ctr_command(&[
-            "run",
-            "--runtime",
-            RUNTIME,
-            BUSYBOX_IMAGE,
-            id,
-            "sleep",
-            "1000",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    ctrd.wait_status(id, "RUNNING");
-    let pids = fs::read_to_string(Containerd::state_dir(id).join("vm.pids")).unwrap();
-    let vmm: i32 = pids.lines().next().unwrap().parse().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(vmm),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    // ctr saw TaskExit with the status and deleted the task.
-    let status = run.wait().unwrap();
-    assert_eq!(
-        status.code(),
-        Some(137),
-        "exit status reported for the task"
-    );
-    ctrd.ctr_ok(&["containers", "rm", id]);
-    ctrd.assert_sandbox_gone(id);
+    sandbox_process_killed_ends_the_task_and_cleans_up("qemu-system", "fd-vmkill", false);
 }
 
 /// The sandbox VM ends by the guest's own reset once the container is
@@ -620,14 +587,19 @@ fn run_rm_vm_powers_off_by_itself() {
     );
 }
 
-/// A helper of the sandbox (virtiofsd, vhost-device-vsock) killed with
-/// SIGKILL under a running container: the sandbox fails at once, the task
-/// exits 137, and nothing of the sandbox is left. QEMU quits by itself when
+/// A process of the sandbox (the VMM, virtiofsd, vhost-device-vsock) killed
+/// with SIGKILL under a running container: the sandbox fails at once, the
+/// task exits 137 (the attached `ctr` exits with the status containerd
+/// reports), and nothing of the sandbox is left. QEMU quits by itself when
 /// virtiofsd goes (or the shim's watcher stops it first); it keeps running
 /// without its vsock backend, and then only the watcher stops it
 /// (`shim_stops_the_vm`). The built-in VMM outlives either helper, so there
 /// the watcher always does.
-fn helper_killed_ends_the_task_and_cleans_up(helper: &str, id: &str, shim_stops_the_vm: bool) {
+fn sandbox_process_killed_ends_the_task_and_cleans_up(
+    helper: &str,
+    id: &str,
+    shim_stops_the_vm: bool,
+) {
     let ctrd = Containerd::start();
     let mut run = ctrd
         .ctr_command(&[
@@ -695,10 +667,10 @@ fn helper_killed_ends_the_task_and_cleans_up(helper: &str, id: &str, shim_stops_
 
 #[test]
 fn virtiofsd_killed_ends_the_task_and_cleans_up() {
-    helper_killed_ends_the_task_and_cleans_up("virtiofsd", "fd-fskill", false);
+    sandbox_process_killed_ends_the_task_and_cleans_up("virtiofsd", "fd-fskill", false);
 }
 
 #[test]
 fn vhost_device_vsock_killed_ends_the_task_and_cleans_up() {
-    helper_killed_ends_the_task_and_cleans_up("vhost-device-vsock", "fd-vsockkill", true);
+    sandbox_process_killed_ends_the_task_and_cleans_up("vhost-device-vsock", "fd-vsockkill", true);
 }
