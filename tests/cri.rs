@@ -718,3 +718,70 @@ fn pod_network_namespace_takes_the_pods_net_sysctls() {
         remove_pod(&mut cri, &ctrd, &pod).await;
     });
 }
+
+/// Issue 9 item 8: a privileged container and one with NET_ADMIN added
+/// build a bridge, a veth pair and a NAT rule (iptables-nft, copied into
+/// the test image) in the pod's network namespace, the privileged one a tap
+/// device too; privileged
+/// means privileged in the guest: none of the host's device nodes appear.
+#[test]
+fn privileged_and_net_admin_containers_manage_the_network() {
+    let ctrd = Containerd::start_cri();
+    let logs = ctrd.dir().join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut cri = connect(ctrd.address()).await;
+        let mut config = pod_config("netadmin", &logs, HashMap::new());
+        // containerd admits privileged containers in privileged pods only.
+        let linux = config.linux.as_mut().unwrap();
+        linux.security_context.as_mut().unwrap().privileged = true;
+        let pod = run_pod(&mut cri, &ctrd, &config).await;
+        let setup = |n: u32| {
+            format!(
+                "ip link add br{n} type bridge && ip link add vpair{n} type veth && \
+                 brctl addif br{n} vpair{n} && \
+                 /sbin/iptables -t nat -A POSTROUTING -o br{n} -j MASQUERADE && \
+                 /sbin/iptables -t nat -S POSTROUTING | grep -c 'br{n} -j MASQUERADE' && \
+                 ls /sys/class/net/br{n}/brif | grep -c vpair{n}"
+            )
+        };
+        let privileged = with_security(
+            container_config("privileged", &["sleep", "1000000"]),
+            LinuxContainerSecurityContext {
+                privileged: true,
+                ..Default::default()
+            },
+        );
+        let privileged = start_container(&mut cri, &ctrd, &pod, &config, privileged).await;
+        assert_eq!(exec_sh(&mut cri, &privileged, &setup(0)).await, "1\n1\n");
+        // /dev/net/tun is the guest's own (the host's entry is kept: every
+        // kernel numbers it alike).
+        let tap = "tunctl -t tap0 >/dev/null && ip -o link | grep -c tap0";
+        assert_eq!(exec_sh(&mut cri, &privileged, tap).await, "1\n");
+        // The host's devices (containerd lists all of them for a privileged
+        // container) are not made in the guest.
+        assert!(Path::new("/dev/kvm").exists() || Path::new("/dev/vda").exists());
+        let devices = exec_sh(&mut cri, &privileged, "ls /dev").await;
+        for host_only in ["kvm", "vda", "vhost-vsock", "loop0"] {
+            assert!(
+                !devices.lines().any(|d| d == host_only),
+                "/dev/{host_only} in the guest: {devices}"
+            );
+        }
+
+        let net_admin = with_security(
+            container_config("net-admin", &["sleep", "1000000"]),
+            LinuxContainerSecurityContext {
+                capabilities: Some(Capability {
+                    add_capabilities: vec!["NET_ADMIN".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        let net_admin = start_container(&mut cri, &ctrd, &pod, &config, net_admin).await;
+        assert_eq!(exec_sh(&mut cri, &net_admin, &setup(1)).await, "1\n1\n");
+        remove_pod(&mut cri, &ctrd, &pod).await;
+    });
+}
