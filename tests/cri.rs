@@ -447,6 +447,38 @@ fn seccomp_and_no_new_privs_hold_for_every_process() {
                 "{name} exec"
             );
         }
+
+        // Item 9: user, group, supplementary groups, read-only rootfs,
+        // masked and read-only paths.
+        let id = start_container(
+            &mut cri,
+            &ctrd,
+            &pod,
+            &config,
+            with_security(
+                container_config("identity", &["sleep", "1000000"]),
+                LinuxContainerSecurityContext {
+                    run_as_user: Some(Int64Value { value: 1000 }),
+                    run_as_group: Some(Int64Value { value: 3000 }),
+                    supplemental_groups: vec![4000],
+                    readonly_rootfs: true,
+                    // What the kubelet sends (containerd replaces its
+                    // defaults with these lists).
+                    masked_paths: vec!["/proc/timer_list".into(), "/proc/kcore".into()],
+                    readonly_paths: vec!["/proc/sys".into(), "/proc/bus".into()],
+                    ..Default::default()
+                },
+            ),
+        )
+        .await;
+        let out = exec_sh(
+            &mut cri,
+            &id,
+            "id -u; id -g; id -G; touch /x 2>/dev/null && echo rw || echo ro; \
+             wc -c < /proc/timer_list; awk '$5 == \"/proc/sys\" { print substr($6, 1, 2) }' /proc/self/mountinfo",
+        )
+        .await;
+        assert_eq!(out, "1000\n3000\n3000 4000\nro\n0\nro\n");
         remove_pod(&mut cri, &ctrd, &pod).await;
     });
 }
