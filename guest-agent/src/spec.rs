@@ -226,6 +226,15 @@ pub fn prepare(
 
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
     linux.set_cgroups_path(Some(cgroup_path.into()));
+    // containerd writes runc's recursive names ("rslave" for a
+    // HostToContainer volume, "rshared" for Bidirectional); libcontainer
+    // knows only the plain ones (and always applies them recursively).
+    if let Some(propagation) = linux.rootfs_propagation().clone() {
+        let plain = propagation.strip_prefix('r').unwrap_or(&propagation);
+        if matches!(plain, "shared" | "slave" | "private" | "unbindable") {
+            linux.set_rootfs_propagation(Some(plain.to_string()));
+        }
+    }
     let (namespaces, pod_netns) = namespaces::resolve(linux.namespaces().as_deref(), joinable)?;
     let own_uts = namespaces
         .iter()
@@ -332,6 +341,28 @@ mod tests {
         assert_eq!(namespaces[..2], [net, ipc]);
         assert_eq!(namespaces[2].typ(), LinuxNamespaceType::Mount);
         assert_eq!(spec.process().as_ref().unwrap().terminal(), Some(true));
+
+        for (containerd, libcontainer) in [
+            ("rslave", "slave"),
+            ("rshared", "shared"),
+            ("private", "private"),
+        ] {
+            spec.linux_mut()
+                .as_mut()
+                .unwrap()
+                .set_rootfs_propagation(Some(containerd.into()));
+            prepare(
+                &mut spec,
+                &rootfs,
+                &roots(dir.path()),
+                "/x",
+                false,
+                &joinable,
+            )
+            .unwrap();
+            let linux = spec.linux().as_ref().unwrap();
+            assert_eq!(linux.rootfs_propagation().as_deref(), Some(libcontainer));
+        }
 
         let mut bind = oci_spec::runtime::Mount::default();
         bind.set_destination("/data".into())
