@@ -16,9 +16,9 @@ use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
     CreateContainerRequest, ExecSyncRequest, ImageSpec, Int64Value, LinuxContainerConfig,
     LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest,
+    MountPropagation, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -447,6 +447,38 @@ fn seccomp_and_no_new_privs_hold_for_every_process() {
                 "{name} exec"
             );
         }
+
+        // Item 9: user, group, supplementary groups, read-only rootfs,
+        // masked and read-only paths.
+        let id = start_container(
+            &mut cri,
+            &ctrd,
+            &pod,
+            &config,
+            with_security(
+                container_config("identity", &["sleep", "1000000"]),
+                LinuxContainerSecurityContext {
+                    run_as_user: Some(Int64Value { value: 1000 }),
+                    run_as_group: Some(Int64Value { value: 3000 }),
+                    supplemental_groups: vec![4000],
+                    readonly_rootfs: true,
+                    // What the kubelet sends (containerd replaces its
+                    // defaults with these lists).
+                    masked_paths: vec!["/proc/timer_list".into(), "/proc/kcore".into()],
+                    readonly_paths: vec!["/proc/sys".into(), "/proc/bus".into()],
+                    ..Default::default()
+                },
+            ),
+        )
+        .await;
+        let out = exec_sh(
+            &mut cri,
+            &id,
+            "id -u; id -g; id -G; touch /x 2>/dev/null && echo rw || echo ro; \
+             wc -c < /proc/timer_list; awk '$5 == \"/proc/sys\" { print substr($6, 1, 2) }' /proc/self/mountinfo",
+        )
+        .await;
+        assert_eq!(out, "1000\n3000\n3000 4000\nro\n0\nro\n");
         remove_pod(&mut cri, &ctrd, &pod).await;
     });
 }
@@ -715,6 +747,179 @@ fn pod_network_namespace_takes_the_pods_net_sysctls() {
         // One network namespace for the pod.
         assert_eq!(seen_app, seen_sidecar, "the pod's containers share it");
         assert!(lines[2].starts_with("net:["), "{seen_app}");
+        remove_pod(&mut cri, &ctrd, &pod).await;
+    });
+}
+
+/// Issue 9 item 8: a privileged container and one with NET_ADMIN added
+/// build a bridge, a veth pair and a NAT rule (iptables-nft, copied into
+/// the test image) in the pod's network namespace, the privileged one a tap
+/// device too; privileged
+/// means privileged in the guest: none of the host's device nodes appear.
+#[test]
+fn privileged_and_net_admin_containers_manage_the_network() {
+    let ctrd = Containerd::start_cri();
+    let logs = ctrd.dir().join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut cri = connect(ctrd.address()).await;
+        let mut config = pod_config("netadmin", &logs, HashMap::new());
+        // containerd admits privileged containers in privileged pods only.
+        let linux = config.linux.as_mut().unwrap();
+        linux.security_context.as_mut().unwrap().privileged = true;
+        let pod = run_pod(&mut cri, &ctrd, &config).await;
+        let setup = |n: u32| {
+            format!(
+                "ip link add br{n} type bridge && ip link add vpair{n} type veth && \
+                 brctl addif br{n} vpair{n} && \
+                 /sbin/iptables -t nat -A POSTROUTING -o br{n} -j MASQUERADE && \
+                 /sbin/iptables -t nat -S POSTROUTING | grep -c 'br{n} -j MASQUERADE' && \
+                 ls /sys/class/net/br{n}/brif | grep -c vpair{n}"
+            )
+        };
+        let privileged = with_security(
+            container_config("privileged", &["sleep", "1000000"]),
+            LinuxContainerSecurityContext {
+                privileged: true,
+                ..Default::default()
+            },
+        );
+        let privileged = start_container(&mut cri, &ctrd, &pod, &config, privileged).await;
+        assert_eq!(exec_sh(&mut cri, &privileged, &setup(0)).await, "1\n1\n");
+        // /dev/net/tun is the guest's own (the host's entry is kept: every
+        // kernel numbers it alike).
+        let tap = "tunctl -t tap0 >/dev/null && ip -o link | grep -c tap0";
+        assert_eq!(exec_sh(&mut cri, &privileged, tap).await, "1\n");
+        // The host's devices (containerd lists all of them for a privileged
+        // container) are not made in the guest.
+        assert!(Path::new("/dev/kvm").exists() || Path::new("/dev/vda").exists());
+        let devices = exec_sh(&mut cri, &privileged, "ls /dev").await;
+        for host_only in ["kvm", "vda", "vhost-vsock", "loop0"] {
+            assert!(
+                !devices.lines().any(|d| d == host_only),
+                "/dev/{host_only} in the guest: {devices}"
+            );
+        }
+
+        let net_admin = with_security(
+            container_config("net-admin", &["sleep", "1000000"]),
+            LinuxContainerSecurityContext {
+                capabilities: Some(Capability {
+                    add_capabilities: vec!["NET_ADMIN".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        let net_admin = start_container(&mut cri, &ctrd, &pod, &config, net_admin).await;
+        assert_eq!(exec_sh(&mut cri, &net_admin, &setup(1)).await, "1\n1\n");
+        remove_pod(&mut cri, &ctrd, &pod).await;
+    });
+}
+
+/// Unmounts (lazily) what a test mounted on the host, whatever happens.
+struct HostMounts(Vec<PathBuf>);
+
+impl Drop for HostMounts {
+    fn drop(&mut self) {
+        for path in self.0.iter().rev() {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(path)
+                .status();
+        }
+    }
+}
+
+fn host(args: &[&str]) {
+    let status = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{args:?}");
+}
+
+/// Issue 9 item 4: volumes with HostToContainer (`rslave`) and
+/// Bidirectional (`rshared`) propagation; pins down which directions cross
+/// the VM boundary (see the README's known limits).
+#[test]
+fn propagated_volumes_start_and_directions_are_pinned() {
+    let ctrd = Containerd::start_cri();
+    let logs = ctrd.dir().join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    // containerd requires the source of a propagated volume to be on a
+    // shared mount: a tmpfs of the test's own, made shared.
+    let vol = ctrd.dir().join("vol");
+    fs::create_dir_all(&vol).unwrap();
+    let mut mounts = HostMounts(vec![]);
+    host(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "firedoor-test",
+        vol.to_str().unwrap(),
+    ]);
+    mounts.0.push(vol.clone());
+    host(&["mount", "--make-shared", vol.to_str().unwrap()]);
+    fs::write(vol.join("before"), "before\n").unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut cri = connect(ctrd.address()).await;
+        let mut config = pod_config("propagation", &logs, HashMap::new());
+        let linux = config.linux.as_mut().unwrap();
+        linux.security_context.as_mut().unwrap().privileged = true;
+        let pod = run_pod(&mut cri, &ctrd, &config).await;
+        let with_volume = |name: &str, path: &str, propagation: MountPropagation| {
+            let mut c = with_security(
+                container_config(name, &["sleep", "1000000"]),
+                LinuxContainerSecurityContext {
+                    privileged: true,
+                    ..Default::default()
+                },
+            );
+            c.mounts = vec![k8s_cri::v1::Mount {
+                container_path: path.into(),
+                host_path: vol.display().to_string(),
+                propagation: propagation as i32,
+                ..Default::default()
+            }];
+            c
+        };
+        let slave = with_volume("slave", "/data", MountPropagation::PropagationHostToContainer);
+        let slave = start_container(&mut cri, &ctrd, &pod, &config, slave).await;
+        let shared = with_volume("shared", "/data", MountPropagation::PropagationBidirectional);
+        let shared = start_container(&mut cri, &ctrd, &pod, &config, shared).await;
+        for id in [&slave, &shared] {
+            assert_eq!(exec_sh(&mut cri, id, "cat /data/before").await, "before\n");
+        }
+
+        // Host -> container: a mount made on the host under the volume
+        // after the containers started.
+        let sub = vol.join("sub");
+        fs::create_dir_all(&sub).unwrap();
+        host(&["mount", "-t", "tmpfs", "firedoor-test-sub", sub.to_str().unwrap()]);
+        mounts.0.push(sub.clone());
+        fs::write(sub.join("after"), "after\n").unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let seen = exec_sh(&mut cri, &slave, "cat /data/sub/after 2>/dev/null || echo unseen").await;
+        // Container -> pod and host: a mount made by the Bidirectional one.
+        exec_sh(
+            &mut cri,
+            &shared,
+            "mkdir -p /data/inner && mount -t tmpfs inner /data/inner && echo inner > /data/inner/f",
+        )
+        .await;
+        let in_pod = exec_sh(&mut cri, &slave, "cat /data/inner/f 2>/dev/null || echo unseen").await;
+        let on_host = fs::read_to_string(vol.join("inner/f")).unwrap_or_else(|_| "unseen\n".into());
+        // Pinned: host -> container works (virtiofsd and the shim's bind
+        // see the host's new mount); a container's own mount reaches
+        // neither the pod's other containers (each container's volumes are
+        // shared into the guest separately) nor the host (virtio-fs
+        // carries files, not mounts).
+        assert_eq!(seen, "after\n", "host -> container");
+        assert_eq!(in_pod, "unseen\n", "container -> the pod's other containers");
+        assert_eq!(on_host, "unseen\n", "container -> host");
         remove_pod(&mut cri, &ctrd, &pod).await;
     });
 }

@@ -5,7 +5,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use log::debug;
+use log::{debug, info};
 use oci_spec::runtime::{
     Capability, LinuxNamespaceType, LinuxResources, LinuxSeccomp, Process, Root, Spec,
 };
@@ -85,7 +85,24 @@ pub fn parse_process(json: &[u8]) -> Result<Process> {
         ));
     }
     normalize_no_new_privileges(&mut process);
+    drop_host_labels(&mut process, None);
     Ok(process)
+}
+
+/// AppArmor profiles and SELinux labels name the host's policy; the guest
+/// kernel has no LSM, so they are dropped, each with one log line.
+fn drop_host_labels(process: &mut Process, mount_label: Option<&mut Option<String>>) {
+    if let Some(profile) = process.apparmor_profile().clone() {
+        info!("ignoring AppArmor profile {profile:?}: the guest has no AppArmor");
+        process.set_apparmor_profile(None);
+    }
+    if let Some(label) = process.selinux_label().clone() {
+        info!("ignoring SELinux label {label:?}: the guest has no SELinux");
+        process.set_selinux_label(None);
+    }
+    if let Some(label) = mount_label.and_then(Option::take) {
+        info!("ignoring SELinux mount label {label:?}: the guest has no SELinux");
+    }
 }
 
 /// `noNewPrivileges: false` becomes absent. libcontainer loads the seccomp
@@ -168,9 +185,17 @@ pub fn prepare(
     root.set_path(rootfs).set_readonly(readonly);
     spec.set_root(Some(root));
 
+    let mut mount_label = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.mount_label().clone());
     if let Some(process) = spec.process_mut() {
         process.set_terminal(Some(terminal));
         normalize_no_new_privileges(process);
+        drop_host_labels(process, Some(&mut mount_label));
+    }
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_mount_label(mount_label);
     }
 
     if let Some(mounts) = spec.mounts_mut() {
@@ -201,6 +226,15 @@ pub fn prepare(
 
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
     linux.set_cgroups_path(Some(cgroup_path.into()));
+    // containerd writes runc's recursive names ("rslave" for a
+    // HostToContainer volume, "rshared" for Bidirectional); libcontainer
+    // knows only the plain ones (and always applies them recursively).
+    if let Some(propagation) = linux.rootfs_propagation().clone() {
+        let plain = propagation.strip_prefix('r').unwrap_or(&propagation);
+        if matches!(plain, "shared" | "slave" | "private" | "unbindable") {
+            linux.set_rootfs_propagation(Some(plain.to_string()));
+        }
+    }
     let (namespaces, pod_netns) = namespaces::resolve(linux.namespaces().as_deref(), joinable)?;
     let own_uts = namespaces
         .iter()
@@ -308,6 +342,28 @@ mod tests {
         assert_eq!(namespaces[2].typ(), LinuxNamespaceType::Mount);
         assert_eq!(spec.process().as_ref().unwrap().terminal(), Some(true));
 
+        for (containerd, libcontainer) in [
+            ("rslave", "slave"),
+            ("rshared", "shared"),
+            ("private", "private"),
+        ] {
+            spec.linux_mut()
+                .as_mut()
+                .unwrap()
+                .set_rootfs_propagation(Some(containerd.into()));
+            prepare(
+                &mut spec,
+                &rootfs,
+                &roots(dir.path()),
+                "/x",
+                false,
+                &joinable,
+            )
+            .unwrap();
+            let linux = spec.linux().as_ref().unwrap();
+            assert_eq!(linux.rootfs_propagation().as_deref(), Some(libcontainer));
+        }
+
         let mut bind = oci_spec::runtime::Mount::default();
         bind.set_destination("/data".into())
             .set_typ(Some("bind".into()))
@@ -358,5 +414,20 @@ mod tests {
         let plan = exec_seccomp(&mut process, Some(&profile)).unwrap();
         assert_eq!(plan.capabilities, None);
         assert_eq!(process.capabilities(), base.capabilities());
+    }
+
+    #[test]
+    fn host_lsm_labels_are_dropped() {
+        let mut process = parse_process(
+            br#"{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0},
+                "apparmorProfile":"cri-containerd.apparmor.d","selinuxLabel":"system_u:system_r:container_t:s0"}"#,
+        )
+        .unwrap();
+        assert_eq!(process.apparmor_profile(), &None);
+        assert_eq!(process.selinux_label(), &None);
+        let mut label = Some("system_u:object_r:container_file_t:s0".to_string());
+        process.set_apparmor_profile(Some("x".into()));
+        drop_host_labels(&mut process, Some(&mut label));
+        assert_eq!((process.apparmor_profile(), label), (&None, None));
     }
 }

@@ -56,12 +56,17 @@ pub fn host_bind_mounts(spec: &Spec) -> Vec<SharedMount> {
         .collect()
 }
 
+/// Device nodes that are the same device in the guest as on the host (the
+/// guest kernel has them, with the same numbers).
+const GUEST_EQUIVALENT_DEVICES: &[&str] = &["/dev/net/tun", "/dev/fuse"];
+
 /// Rewrites a host spec for the guest: the rootfs and bind-mount sources
 /// become guest paths; namespaces go through unchanged (the pids in
 /// `/proc/<pid>/ns/...` paths are guest pids: the shim reports guest pids)
 /// except that a network namespace given by a host path (CRI's CNI
 /// namespace, Docker's) becomes the guest's pod network namespace; hooks,
-/// which would run host binaries, and host device nodes are dropped.
+/// which would run host binaries, and host device nodes are dropped (but
+/// for [`GUEST_EQUIVALENT_DEVICES`]).
 pub fn for_guest(
     mut spec: Spec,
     guest_rootfs: &str,
@@ -82,7 +87,14 @@ pub fn for_guest(
         // Device nodes named by the host (all of the host's, for a
         // privileged container) mean nothing in the guest, whose devices are
         // its own: a privileged container is privileged in the guest only.
-        linux.set_devices(None);
+        // Kept: the virtual devices every kernel numbers alike.
+        if let Some(devices) = linux.devices_mut() {
+            devices.retain(|d| {
+                GUEST_EQUIVALENT_DEVICES
+                    .iter()
+                    .any(|p| d.path() == Path::new(p))
+            });
+        }
         for ns in linux.namespaces_mut().iter_mut().flatten() {
             if ns.typ() == LinuxNamespaceType::Network && ns.path().is_some() {
                 ns.set_path(Some(firedoor_protocol::POD_NETNS_PATH.into()));
@@ -106,7 +118,8 @@ mod tests {
             {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "ro"]},
             {"destination": "/etc/hosts", "source": "/var/lib/hosts", "options": ["bind"]}
         ],
-        "linux": {"devices": [{"path": "/dev/kvm", "type": "c", "major": 10, "minor": 232}],
+        "linux": {"devices": [{"path": "/dev/kvm", "type": "c", "major": 10, "minor": 232},
+                              {"path": "/dev/net/tun", "type": "c", "major": 10, "minor": 200}],
         "namespaces": [
             {"type": "pid"}, {"type": "network", "path": "/var/run/netns/cni-1"}, {"type": "ipc", "path": "/proc/9/ns/ipc"}
         ]},
@@ -170,7 +183,9 @@ mod tests {
             ]
         );
         assert!(guest.hooks().is_none());
-        assert_eq!(guest.linux().as_ref().unwrap().devices(), &None);
+        let devices = guest.linux().as_ref().unwrap().devices().clone().unwrap();
+        let paths: Vec<_> = devices.iter().map(|d| d.path().clone()).collect();
+        assert_eq!(paths, [Path::new("/dev/net/tun")]);
     }
 
     #[test]

@@ -6,41 +6,46 @@
 //! `runtime/<id>/` is libcontainer's own state; `consoles/<n>` are the
 //! console sockets, named by a counter: a socket path must stay under
 //! SUN_LEN (108 bytes) whatever the length of the ids (64 for CRI).
+//!
+//! Split by concept: [`process`] (one process and its exit), `create`
+//! (CreateContainer and the runtime helper), `exec` (ExecProcess); the rest
+//! of the container RPCs are here.
+
+mod create;
+mod exec;
+mod process;
 
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
-        mpsc, Arc, Condvar, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard,
     },
     time::{Duration, UNIX_EPOCH},
 };
 
 use firedoor_protocol::{
-    agent::{CreateContainerRequest, ExecProcessRequest, Stdio},
+    agent::Stdio,
     stdio::{valid_id, StreamHeader},
 };
 use log::{info, warn};
 use nix::{sys::signal::Signal, unistd::Pid};
 use oci_spec::runtime::LinuxSeccomp;
 
+pub use self::process::Process;
 use crate::{
     cgroup::{
         devices::{self, DeviceFilter},
         Cgroup,
     },
     error::{chain, AgentError, Result},
-    helper,
-    namespaces::{self, Joinable},
     oom::{OomCounter, OomEvents},
-    signals::{self, Exit},
     spec::{self, Roots},
-    streams::{Conn, ConsoleSocket, ProcessSide, Streams},
+    streams::Conn,
 };
 
-/// Where things go; fixed in the guest, chosen by the tests on a host.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub state_dir: PathBuf,
@@ -56,53 +61,6 @@ pub struct Options {
     /// Where the pod network namespace is pinned
     /// ([`firedoor_protocol::POD_NETNS_PATH`] in the guest).
     pub pod_netns: PathBuf,
-}
-
-pub struct Process {
-    pid: i32,
-    exit: Mutex<Option<Exit>>,
-    exited: Condvar,
-    streams: Streams,
-}
-
-impl Process {
-    fn new(pid: i32, streams: Streams) -> Arc<Process> {
-        Arc::new(Process {
-            pid,
-            exit: Mutex::new(None),
-            exited: Condvar::new(),
-            streams,
-        })
-    }
-
-    fn set_exit(&self, exit: Exit) {
-        *lock(&self.exit) = Some(exit);
-        self.exited.notify_all();
-        self.streams.release();
-    }
-
-    fn exit(&self) -> Option<Exit> {
-        *lock(&self.exit)
-    }
-
-    /// Blocks until the process has exited.
-    pub fn wait(&self) -> Exit {
-        let exit = lock(&self.exit);
-        let exit = self
-            .exited
-            .wait_while(exit, |e| e.is_none())
-            .unwrap_or_else(|e| e.into_inner());
-        exit.expect("waited for the exit")
-    }
-
-    fn wait_timeout(&self, timeout: Duration) -> Option<Exit> {
-        let exit = lock(&self.exit);
-        let (exit, _) = self
-            .exited
-            .wait_timeout_while(exit, timeout, |e| e.is_none())
-            .unwrap_or_else(|e| e.into_inner());
-        *exit
-    }
 }
 
 pub struct Container {
@@ -269,198 +227,6 @@ impl Runtime {
         self.container(id)?.process(exec_id)
     }
 
-    pub fn create(&self, req: &CreateContainerRequest) -> Result<u32> {
-        let id = req.container_id.as_str();
-        check_id("container_id", id)?;
-        let exists = lock(&self.containers).contains_key(id);
-        let _reservation = self.reserve(format!("container {id}"), exists)?;
-        let (streams, terminal) = enabled(req.stdio.as_ref());
-
-        let mut spec = spec::parse_spec(&req.oci_spec_json)?;
-        let cgroup_path = format!("{}/{id}", self.opts.cgroup_parent.trim_end_matches('/'));
-        let init_pids = self.live_init_pids();
-        let joinable = Joinable {
-            init_pids: &init_pids,
-            pod_netns: &self.opts.pod_netns,
-        };
-        let pod_netns = spec::prepare(
-            &mut spec,
-            Path::new(&req.rootfs),
-            &self.opts.roots,
-            &cgroup_path,
-            terminal,
-            &joinable,
-        )?;
-        if pod_netns {
-            namespaces::ensure_pod_netns(&self.opts.pod_netns)?;
-        }
-        let dir = self.containers_dir().join(id);
-        let cgroup = Cgroup::new(&self.opts.cgroup_mount, &cgroup_path);
-        let result = self.create_in(id, &spec, &dir, &cgroup, streams, terminal);
-        match result {
-            Ok(container) => {
-                let pid = container.init.pid as u32;
-                lock(&self.containers).insert(id.into(), container);
-                info!("created container {id} (init pid {pid})");
-                Ok(pid)
-            }
-            Err(e) => {
-                let _ = cgroup.destroy();
-                let _ = fs::remove_dir_all(self.runtime_dir().join(id));
-                let _ = fs::remove_dir_all(&dir);
-                Err(e)
-            }
-        }
-    }
-
-    /// Init pids of the containers whose namespaces others may join.
-    fn live_init_pids(&self) -> Vec<i32> {
-        lock(&self.containers)
-            .values()
-            .filter(|c| c.init.exit().is_none())
-            .map(|c| c.init.pid)
-            .collect()
-    }
-
-    fn create_in(
-        &self,
-        id: &str,
-        spec: &oci_spec::runtime::Spec,
-        dir: &Path,
-        cgroup: &Cgroup,
-        enabled: [bool; 3],
-        terminal: bool,
-    ) -> Result<Arc<Container>> {
-        let internal = |what: &str, e: &dyn std::fmt::Display| {
-            AgentError::internal(format!("container {id}: {what}"), e)
-        };
-        fs::create_dir_all(dir).map_err(|e| internal("creating its directory", &e))?;
-        fs::write(dir.join("cgroup"), cgroup.path()).map_err(|e| internal("state", &e))?;
-        spec.save(dir.join("config.json"))
-            .map_err(|e| internal("writing config.json", &e))?;
-        let (side, streams) =
-            Streams::new(enabled, terminal).map_err(|e| internal("stdio pipes", &e))?;
-        let console = self.console_socket();
-        let request = helper::Request {
-            state_root: self.runtime_dir(),
-            id: id.into(),
-            result: dir.join("create.result"),
-            console_socket: terminal.then(|| console.clone()),
-            job: helper::Job::Create {
-                bundle: dir.to_owned(),
-                no_pivot: self.opts.no_pivot,
-            },
-        };
-        // Checked before the helper runs so that a bad rule costs nothing.
-        let device_rules = devices::container_rules(
-            spec.linux()
-                .as_ref()
-                .and_then(|l| l.resources().as_ref())
-                .and_then(|r| r.devices().as_ref()),
-        )?;
-        let (pid, master) = self.run_helper(&request, side, &format!("creating container {id}"))?;
-        // libcontainer (built without its cgroupsv2_devices feature) leaves
-        // device access to us. The container's init waits for StartContainer
-        // before it runs the container's program, so the filter is in place
-        // before any of the container's code runs; the device nodes
-        // libcontainer made in /dev were made without it, as the default
-        // rules would allow anyway.
-        let device_filter = DeviceFilter::attach(&cgroup.dir(), &device_rules, None)
-            .map_err(|e| AgentError::Internal(format!("container {id}: {e}")))?;
-        if let Some(master) = master {
-            streams
-                .set_terminal(master, enabled[0], true)
-                .map_err(|e| internal("terminal", &e))?;
-        }
-        let oom = OomCounter::new(id, cgroup.clone());
-        let container = Arc::new(Container {
-            id: id.into(),
-            cgroup: cgroup.clone(),
-            dir: dir.to_owned(),
-            seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
-            init: Process::new(pid, streams),
-            execs: Mutex::new(HashMap::new()),
-            started: Mutex::new(false),
-            oom: oom.clone(),
-            devices: Mutex::new(device_filter),
-        });
-        let init = container.init.clone();
-        let events = self.oom.clone();
-        signals::watch(pid, move |exit| {
-            // The OOM event goes out before the exit is visible.
-            events.check(&oom);
-            init.set_exit(exit);
-        });
-        self.oom.watch(&container.oom);
-        Ok(container)
-    }
-
-    /// Runs the runtime helper and returns the pid it reports and, for a
-    /// terminal, the pty master it sent on the console socket.
-    fn run_helper(
-        &self,
-        request: &helper::Request,
-        side: ProcessSide,
-        what: &str,
-    ) -> Result<(i32, Option<fs::File>)> {
-        let console = match &request.console_socket {
-            Some(path) => Some(
-                ConsoleSocket::bind(path)
-                    .map_err(|e| AgentError::internal(format!("{what}: console socket"), e))?,
-            ),
-            None => None,
-        };
-        let file = request.result.with_extension("request");
-        let command = request.command(&self.opts.exe, &file);
-        let mut command = match command {
-            Ok(command) => command,
-            Err(e) => {
-                let _ = fs::remove_file(&file);
-                return Err(AgentError::internal(format!("{what}: helper request"), e));
-            }
-        };
-        command
-            .stdin(side.stdin)
-            .stdout(side.stdout)
-            .stderr(side.stderr);
-        let (tx, rx) = mpsc::channel();
-        let child = signals::spawn(&mut command, move |exit| {
-            let _ = tx.send(exit);
-        })
-        .map_err(|e| AgentError::internal(format!("{what}: starting the runtime helper"), e))?;
-        // Our copies of the process's stdio ends must not keep its pipes open.
-        drop(command);
-        drop(child);
-        let exit = rx.recv();
-        let _ = fs::remove_file(&file);
-        if let Some(path) = &request.console_socket {
-            // The connection, if any, waits in the listener.
-            let _ = fs::remove_file(path);
-        }
-        let exit = exit.map_err(|e| AgentError::internal(format!("{what}: runtime helper"), e))?;
-        let text = fs::read_to_string(&request.result).unwrap_or_default();
-        let _ = fs::remove_file(&request.result);
-        if exit.status != 0 {
-            let why = if text.is_empty() {
-                format!("runtime helper exited with status {}", exit.status)
-            } else {
-                text
-            };
-            return Err(AgentError::Internal(format!("{what}: {why}")));
-        }
-        let pid = text.trim().parse::<i32>().map_err(|_| {
-            AgentError::Internal(format!("{what}: runtime helper reported {text:?}"))
-        })?;
-        let master =
-            match console {
-                Some(console) => Some(console.receive().map_err(|e| {
-                    AgentError::internal(format!("{what}: receiving the terminal"), e)
-                })?),
-                None => None,
-            };
-        Ok((pid, master))
-    }
-
     pub fn start(&self, id: &str) -> Result<()> {
         let container = self.container(id)?;
         let mut started = lock(&container.started);
@@ -481,49 +247,6 @@ impl Runtime {
         *started = true;
         info!("started container {id}");
         Ok(())
-    }
-
-    pub fn exec(&self, req: &ExecProcessRequest) -> Result<u32> {
-        let (id, exec_id) = (req.container_id.as_str(), req.exec_id.as_str());
-        let container = self.container(id)?;
-        check_id("exec_id", exec_id)?;
-        container.require_running()?;
-        let exists = lock(&container.execs).contains_key(exec_id);
-        let _reservation = self.reserve(format!("exec {exec_id} of container {id}"), exists)?;
-        let (enabled, terminal) = enabled(req.stdio.as_ref());
-        let mut process = spec::parse_process(&req.process_json)?;
-        process.set_terminal(Some(terminal));
-        let seccomp = spec::exec_seccomp(&mut process, container.seccomp.as_ref());
-
-        let what = format!("exec {exec_id} in container {id}");
-        let process_file = container.dir.join(format!("exec-{exec_id}.json"));
-        let json = serde_json::to_vec(&process).map_err(|e| AgentError::internal(&what, e))?;
-        fs::write(&process_file, json).map_err(|e| AgentError::internal(&what, e))?;
-        let (side, streams) =
-            Streams::new(enabled, terminal).map_err(|e| AgentError::internal(&what, e))?;
-        let request = helper::Request {
-            state_root: self.runtime_dir(),
-            id: id.into(),
-            result: container.dir.join(format!("exec-{exec_id}.result")),
-            console_socket: terminal.then(|| self.console_socket()),
-            job: helper::Job::Exec {
-                process: process_file.clone(),
-                seccomp: seccomp.map(Box::new),
-            },
-        };
-        let result = self.run_helper(&request, side, &what);
-        let _ = fs::remove_file(&process_file);
-        let (pid, master) = result?;
-        if let Some(master) = master {
-            streams
-                .set_terminal(master, enabled[0], true)
-                .map_err(|e| AgentError::internal(&what, e))?;
-        }
-        let process = Process::new(pid, streams);
-        lock(&container.execs).insert(exec_id.into(), process.clone());
-        signals::watch(pid, move |exit| process.set_exit(exit));
-        info!("{what}: pid {pid}");
-        Ok(pid as u32)
     }
 
     pub fn signal(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
@@ -705,5 +428,54 @@ fn display_exec(exec_id: &str) -> &str {
         "init"
     } else {
         exec_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(state_dir: &std::path::Path) -> Runtime {
+        let opts = Options {
+            state_dir: state_dir.to_owned(),
+            cgroup_mount: "/sys/fs/cgroup".into(),
+            cgroup_parent: "/firedoor-unit".into(),
+            roots: Roots::default(),
+            no_pivot: false,
+            exe: "/proc/self/exe".into(),
+            pod_netns: state_dir.join("netns/pod"),
+        };
+        Runtime::new(opts, OomEvents::start()).unwrap()
+    }
+
+    #[test]
+    fn console_sockets_are_short_whatever_the_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = runtime(dir.path());
+        let first = runtime.console_socket();
+        let second = runtime.console_socket();
+        assert_ne!(first, second);
+        assert!(first.starts_with(dir.path().join("consoles")));
+        // In the guest: /run/firedoor/agent/consoles/<n>, far below SUN_LEN.
+        let guest = PathBuf::from("/run/firedoor/agent/consoles").join(u64::MAX.to_string());
+        assert!(guest.as_os_str().len() < 108 - 1);
+    }
+
+    #[test]
+    fn ids_and_stdio_flags() {
+        let hex = "a".repeat(64);
+        assert!(check_id("container_id", &hex).is_ok());
+        for bad in ["", ".hidden", "a/b", &"x".repeat(129)] {
+            let err = check_id("exec_id", bad).unwrap_err();
+            assert!(matches!(err, AgentError::InvalidArgument(_)), "{bad:?}");
+        }
+        assert_eq!(enabled(None), ([false; 3], false));
+        let stdio = Stdio {
+            stdin: true,
+            stderr: true,
+            terminal: true,
+            ..Default::default()
+        };
+        assert_eq!(enabled(Some(&stdio)), ([true, false, true], true));
     }
 }
