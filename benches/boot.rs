@@ -19,7 +19,7 @@ fn main() {
         .unwrap_or(5);
     let dir = guest_dir();
     let (kernel, initrd) = (dir.join("vmlinux"), dir.join("initramfs.img"));
-    let agent = dir.join("../x86_64-unknown-linux-gnu/release/firedoor-agent");
+    let agent = dir.join("../x86_64-unknown-linux-gnu/guest/firedoor-agent");
     println!("guest image");
     println!("  kernel (vmlinux):  {}", size_of(&kernel));
     println!("  initramfs:         {}", size_of(&initrd));

@@ -1,11 +1,16 @@
-//! `ctr run --rm IMAGE true` through containerd: Firedoor beside runc on the
-//! same machine and image, and the memory of one Firedoor sandbox (shim +
-//! VMM + helpers).
+//! `ctr run --rm IMAGE true` through one containerd: Firedoor beside runc,
+//! crun and gVisor (runsc as the runc shim's binary), alternating run by
+//! run on the same image; start-to-exit latency (median, p95), teardown
+//! (`ctr task delete` of a stopped task: for Firedoor the VM's power-off and
+//! its helpers' exit), and the memory of one Firedoor sandbox (shim + VMM +
+//! helpers). A peer that is not installed is skipped with a line that says
+//! how to install it.
 //!
 //!     cargo bench -p firedoor-benches --bench ctr_run [-- RUNS]
 
 use std::{
     fs,
+    path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -18,28 +23,110 @@ use firedoor_tests::{
     processes_mentioning,
 };
 
-fn time_run(ctrd: &Containerd, runtime: &str, id: &str) -> Duration {
-    let started = Instant::now();
-    let out = ctrd
-        .ctr_command(&[
-            "run",
-            "--runtime",
+/// One runtime under test: a containerd runtime and, for the runc shim, the
+/// OCI runtime binary it runs.
+struct Peer {
+    name: String,
+    runtime: &'static str,
+    binary: Option<PathBuf>,
+    start: Vec<Duration>,
+    teardown: Vec<Duration>,
+}
+
+impl Peer {
+    fn new(name: &str, runtime: &'static str, binary: Option<PathBuf>) -> Peer {
+        Peer {
+            name: name.into(),
             runtime,
-            "--rm",
-            BUSYBOX_IMAGE,
-            id,
-            "true",
-        ])
+            binary,
+            start: Vec::new(),
+            teardown: Vec::new(),
+        }
+    }
+
+    /// `ctr run` arguments up to the image.
+    fn run_args(&self) -> Vec<String> {
+        let mut args = vec!["run".to_string(), "--runtime".into(), self.runtime.into()];
+        if let Some(binary) = &self.binary {
+            args.extend(["--runc-binary".into(), binary.display().to_string()]);
+        }
+        args
+    }
+
+    /// `ctr run --rm IMAGE true`, wall time.
+    fn time_run(&mut self, ctrd: &Containerd, id: &str) {
+        let mut args = self.run_args();
+        args.extend([
+            "--rm".into(),
+            BUSYBOX_IMAGE.into(),
+            id.into(),
+            "true".into(),
+        ]);
+        let started = Instant::now();
+        let out = ctr(ctrd, &args);
+        self.start.push(started.elapsed());
+        assert!(out.status.success(), "{}: {}", self.name, text(&out.stderr));
+    }
+
+    /// `ctr run -d IMAGE true`, then the time of `ctr task delete` once
+    /// it has stopped.
+    fn time_teardown(&mut self, ctrd: &Containerd, id: &str) {
+        let mut args = self.run_args();
+        args.extend(["-d".into(), BUSYBOX_IMAGE.into(), id.into(), "true".into()]);
+        let out = ctr(ctrd, &args);
+        assert!(out.status.success(), "{}: {}", self.name, text(&out.stderr));
+        ctrd.wait_status(id, "STOPPED");
+        let started = Instant::now();
+        let out = ctrd.ctr(&["task", "delete", id]);
+        self.teardown.push(started.elapsed());
+        assert!(out.status.success(), "{}: {}", self.name, text(&out.stderr));
+        let _ = ctrd.ctr(&["containers", "rm", id]);
+    }
+}
+
+fn ctr(ctrd: &Containerd, args: &[String]) -> std::process::Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ctrd.ctr_command(&args)
         .stdin(Stdio::null())
         .output()
-        .unwrap();
-    let elapsed = started.elapsed();
-    assert!(
-        out.status.success(),
-        "{runtime}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Median and 95th percentile, in milliseconds.
+fn median_p95(samples: &mut [Duration]) -> String {
+    samples.sort();
+    if samples.is_empty() {
+        return "no samples".into();
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let p95 = samples[(samples.len() * 95).div_ceil(100).clamp(1, samples.len()) - 1];
+    format!(
+        "median {:>6.0} ms  p95 {:>6.0} ms",
+        ms(samples[samples.len() / 2]),
+        ms(p95)
+    )
+}
+
+fn find(program: &str) -> Option<PathBuf> {
+    host::find_program(program)
+}
+
+/// gVisor has no containerd shim in Debian: runsc runs as the runc shim's
+/// binary, through a wrapper that adds the flags it needs there.
+fn runsc_wrapper(runsc: &Path, dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let wrapper = dir.join("runsc-wrapper");
+    let script = format!(
+        "#!/bin/sh\nexec {} --network=none --ignore-cgroups \"$@\"\n",
+        runsc.display()
     );
-    elapsed
+    fs::write(&wrapper, script).unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    wrapper
 }
 
 /// (RSS, PSS) in KiB of a process, from smaps_rollup.
@@ -65,19 +152,61 @@ fn main() {
         Accel::Kvm => "kvm",
         Accel::Tcg => "tcg",
     };
+    let wrappers = tempfile::tempdir().unwrap();
 
-    let mut runc: Vec<Duration> = (0..runs)
-        .map(|i| time_run(&ctrd, "io.containerd.runc.v2", &format!("bench-runc-{i}")))
-        .collect();
-    let mut firedoor: Vec<Duration> = (0..runs)
-        .map(|i| time_run(&ctrd, RUNTIME, &format!("bench-fd-{i}")))
-        .collect();
-    println!("ctr run --rm {BUSYBOX_IMAGE} true (wall time, containerd 1.6)");
-    println!("  runc:                          {}", summary(&mut runc));
+    let mut peers = vec![Peer::new("runc", "io.containerd.runc.v2", None)];
+    match find("crun") {
+        Some(crun) => peers.push(Peer::new("crun", "io.containerd.runc.v2", Some(crun))),
+        None => println!("crun: skipped, not installed (apt-get install crun)"),
+    }
+    match find("runsc") {
+        Some(runsc) => {
+            let wrapper = runsc_wrapper(&runsc, wrappers.path());
+            peers.push(Peer::new(
+                "gVisor (runsc)",
+                "io.containerd.runc.v2",
+                Some(wrapper),
+            ));
+        }
+        None => println!("gVisor: skipped, runsc not installed (apt-get install runsc)"),
+    }
+    peers.push(Peer::new(
+        &format!("firedoor (qemu, {accel})"),
+        RUNTIME,
+        None,
+    ));
+
+    for i in 0..runs {
+        for (n, peer) in peers.iter_mut().enumerate() {
+            peer.time_run(&ctrd, &format!("bench-{n}-{i}"));
+            peer.time_teardown(&ctrd, &format!("bench-td-{n}-{i}"));
+        }
+    }
     println!(
-        "  firedoor (qemu backend, {accel}):  {}",
-        summary(&mut firedoor)
+        "ctr run --rm {BUSYBOX_IMAGE} true, {runs} runs each, alternating (wall time, containerd {})",
+        ctrd.build().version
     );
+    println!(
+        "  {:<24} {:<34} teardown (ctr task delete)",
+        "runtime", "ctr run --rm"
+    );
+    for peer in &mut peers {
+        println!(
+            "  {:<24} {:<34} {}",
+            peer.name,
+            median_p95(&mut peer.start),
+            median_p95(&mut peer.teardown)
+        );
+    }
+    let runc_median = peers[0].start[peers[0].start.len() / 2];
+    if let Some(firedoor) = peers.last() {
+        let median = firedoor.start[firedoor.start.len() / 2];
+        println!(
+            "  firedoor / runc: {:.1}x   (all: {})",
+            median.as_secs_f64() / runc_median.as_secs_f64(),
+            summary(&mut firedoor.start.clone())
+        );
+    }
 
     let id = "bench-fd-mem";
     let out = ctrd
