@@ -211,7 +211,7 @@ fn unmount_all() {
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
         .filter(|target| *target != "/")
-        .map(unescape_mount_path)
+        .map(firedoor_protocol::oci::unescape_mountinfo)
         .collect();
     targets.reverse();
     for target in targets {
@@ -221,40 +221,9 @@ fn unmount_all() {
     }
 }
 
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mount_path(raw: &str) -> String {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match (bytes[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unescapes_mountinfo_paths() {
-        assert_eq!(unescape_mount_path("/run/a\\040b"), "/run/a b");
-        assert_eq!(unescape_mount_path("/x\\134y"), "/x\\y");
-        assert_eq!(unescape_mount_path("/plain"), "/plain");
-        assert_eq!(unescape_mount_path("/trailing\\04"), "/trailing\\04");
-    }
 
     #[test]
     fn mounts_parents_first() {

@@ -7,9 +7,12 @@ use std::{
     sync::Mutex,
 };
 
-use firedoor_protocol::agent::{CreateSandboxRequest, Mount};
+use firedoor_protocol::{
+    agent::{CreateSandboxRequest, Mount},
+    oci::split_mount_options,
+};
 use log::{info, warn};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{mount, umount2, MntFlags};
 
 use crate::error::{AgentError, Result};
 
@@ -114,35 +117,6 @@ fn unmount(mounts: &[PathBuf]) {
     }
 }
 
-/// Mount flags by option name; other options are passed to the filesystem.
-const FLAGS: &[(&str, MsFlags, bool)] = &[
-    ("ro", MsFlags::MS_RDONLY, true),
-    ("rw", MsFlags::MS_RDONLY, false),
-    ("nosuid", MsFlags::MS_NOSUID, true),
-    ("suid", MsFlags::MS_NOSUID, false),
-    ("nodev", MsFlags::MS_NODEV, true),
-    ("dev", MsFlags::MS_NODEV, false),
-    ("noexec", MsFlags::MS_NOEXEC, true),
-    ("exec", MsFlags::MS_NOEXEC, false),
-    ("noatime", MsFlags::MS_NOATIME, true),
-    ("relatime", MsFlags::MS_RELATIME, true),
-    ("bind", MsFlags::MS_BIND, true),
-    ("rbind", MsFlags::MS_BIND.union(MsFlags::MS_REC), true),
-];
-
-fn parse_options(options: &[String]) -> (MsFlags, String) {
-    let mut flags = MsFlags::empty();
-    let mut data = Vec::new();
-    for option in options {
-        match FLAGS.iter().find(|(name, _, _)| name == option) {
-            Some((_, flag, true)) => flags |= *flag,
-            Some((_, flag, false)) => flags &= !*flag,
-            None => data.push(option.as_str()),
-        }
-    }
-    (flags, data.join(","))
-}
-
 fn make_mount(m: &Mount, what: &str) -> Result<PathBuf> {
     let target = Path::new(&m.destination);
     if !target.is_absolute() {
@@ -151,7 +125,7 @@ fn make_mount(m: &Mount, what: &str) -> Result<PathBuf> {
             m.destination
         )));
     }
-    let (flags, data) = parse_options(&m.options);
+    let (flags, data) = split_mount_options(&m.options);
     fs::create_dir_all(target)
         .map_err(|e| AgentError::internal(format!("creating {target:?}"), e))?;
     mount(
@@ -173,16 +147,6 @@ fn make_mount(m: &Mount, what: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splits_flags_from_data() {
-        let options: Vec<String> = ["ro", "nosuid", "size=64m", "mode=755", "rw"]
-            .map(String::from)
-            .to_vec();
-        let (flags, data) = parse_options(&options);
-        assert_eq!(flags, MsFlags::MS_NOSUID);
-        assert_eq!(data, "size=64m,mode=755");
-    }
 
     #[test]
     fn relative_destination_is_refused() {

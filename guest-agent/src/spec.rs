@@ -55,15 +55,9 @@ impl Roots {
 /// Parses JSON, naming the field that is wrong (`process.user.uid: invalid
 /// type: string "0", expected u32 at line 1 column 40`).
 pub fn parse<T: DeserializeOwned>(what: &str, json: &[u8]) -> Result<T> {
-    let de = &mut serde_json::Deserializer::from_slice(json);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." {
-            AgentError::InvalidArgument(format!("{what}: {inner}"))
-        } else {
-            AgentError::InvalidArgument(format!("{what}: {path}: {inner}"))
-        }
+    firedoor_protocol::oci::from_json(json).map_err(|e| match e.path {
+        None => AgentError::InvalidArgument(format!("{what}: {}", e.message)),
+        Some(path) => AgentError::InvalidArgument(format!("{what}: {path}: {}", e.message)),
     })
 }
 
@@ -206,12 +200,10 @@ pub fn prepare(
                     mount.destination()
                 )));
             }
-            let is_bind = mount.typ().as_deref() == Some("bind")
-                || mount
-                    .options()
-                    .iter()
-                    .flatten()
-                    .any(|o| o == "bind" || o == "rbind");
+            let is_bind = firedoor_protocol::oci::is_bind(
+                mount.typ().as_deref(),
+                mount.options().iter().flatten().map(String::as_str),
+            );
             if is_bind {
                 let source = mount.source().clone().ok_or_else(|| {
                     AgentError::InvalidArgument(format!(

@@ -269,7 +269,7 @@ impl Runtime {
         if exit.is_some() {
             return Err(AgentError::NotFound(format!(
                 "process {} of container {id} has already exited",
-                display_exec(exec_id)
+                firedoor_protocol::oci::display_exec(exec_id)
             )));
         }
         nix::sys::signal::kill(Pid::from_raw(process.pid), sig).map_err(|e| match e {
@@ -420,14 +420,6 @@ impl Runtime {
     /// The next OOM-killed container; `None` once the agent shuts down.
     pub fn next_oom_event(&self) -> Option<String> {
         self.oom.next()
-    }
-}
-
-fn display_exec(exec_id: &str) -> &str {
-    if exec_id.is_empty() {
-        "init"
-    } else {
-        exec_id
     }
 }
 
