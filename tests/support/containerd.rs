@@ -422,7 +422,11 @@ fn config_toml(build: &Build, root: &Path, cri: bool) -> String {
   conf_dir = "{root}/cni/conf"
 [plugins."io.containerd.grpc.v1.cri"]
   stream_server_address = "127.0.0.1"
-  stream_server_port = "0""#
+  stream_server_port = "0"
+# NRI listens on one socket for the whole host (/var/run/nri/nri.sock):
+# two test containerds would fight over it.
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true"#
             ),
         ),
     };
