@@ -648,19 +648,19 @@ fn sandbox_process_killed_ends_the_task_and_cleans_up(
         .lines()
         .filter(|l| l.contains("level=error") || l.contains("level=warn"))
         .collect();
+    // The shim noticed: the VM's exit, or the helper's death first (then
+    // the task may be deleted before the VM's exit is seen).
+    let helper_died = log.contains(&format!(
+        "{helper} (pid {victim}) exited under a running sandbox"
+    ));
     assert!(
-        log.contains("the sandbox VM exited unexpectedly"),
+        helper_died || log.contains("the sandbox VM exited unexpectedly"),
         "{}",
         problems.join("\n")
     );
-    assert_eq!(
-        log.contains(&format!(
-            "{helper} (pid {victim}) exited under a running sandbox"
-        )),
-        shim_stops_the_vm,
-        "{}",
-        problems.join("\n")
-    );
+    if shim_stops_the_vm {
+        assert!(helper_died, "{}", problems.join("\n"));
+    }
     ctrd.ctr_ok(&["containers", "rm", id]);
     ctrd.assert_sandbox_gone(id);
 }
