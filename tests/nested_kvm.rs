@@ -346,7 +346,9 @@ fn builtin_vmm_runs_the_real_guest_jailed() {
           [ $SECONDS -lt $deadline ] || break
           sleep 0.5
         done
-        grep -q "firedoor-agent: ready" console.log || { cat console.log vmm.log; exit 1; }
+        grep -q "firedoor-agent: ready" console.log || {
+          [ -s console.log ] || echo "the guest console is empty"
+          cat console.log vmm.log; exit 1; }
         vmm=$(grep -l "^PPid:[[:space:]]*$supervisor\$" /proc/[0-9]*/status | cut -d/ -f3)
         echo "supervisor $supervisor vmm $vmm"
         grep -E '^(NSpid|CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/$vmm/status
