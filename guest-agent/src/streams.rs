@@ -185,7 +185,19 @@ impl Streams {
     }
 
     /// The pty master: output comes on stdout; stdin (when enabled) goes in.
-    pub fn set_terminal(&self, master: File, stdin: bool, stdout: bool) -> io::Result<()> {
+    /// `size` is the process's `consoleSize` (rows, columns), applied at
+    /// once as runc does: the client's first resize can arrive after the
+    /// program asked for its size.
+    pub fn set_terminal(
+        &self,
+        master: File,
+        stdin: bool,
+        stdout: bool,
+        size: Option<(u16, u16)>,
+    ) -> io::Result<()> {
+        if let Some((rows, columns)) = size {
+            set_window_size(&master, rows, columns)?;
+        }
         let mut pending = lock(&self.pending);
         if stdin {
             pending[0] = Some(master.try_clone()?);
@@ -245,25 +257,38 @@ impl Streams {
     pub fn resize(&self, rows: u16, columns: u16) -> Result<(), String> {
         let terminal = lock(&self.terminal);
         let master = terminal.as_ref().ok_or("the process has no terminal")?;
-        let size = libc::winsize {
-            ws_row: rows,
-            ws_col: columns,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which is
-        // valid for the call; the fd is an open pty master.
-        let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
-        if rc < 0 {
-            return Err(format!("TIOCSWINSZ: {}", io::Error::last_os_error()));
-        }
-        Ok(())
+        set_window_size(master, rows, columns).map_err(|e| format!("TIOCSWINSZ: {e}"))
     }
 
     /// Ends the stdin pump (the process is gone).
     pub fn release(&self) {
         drop(lock(&self.stdin_close).take());
     }
+}
+
+fn set_window_size(master: &File, rows: u16, columns: u16) -> io::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: columns,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which is
+    // valid for the call; the fd is an open pty master.
+    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A process's `consoleSize` as (rows, columns), when it fits a winsize.
+pub fn console_size(process: Option<&oci_spec::runtime::Process>) -> Option<(u16, u16)> {
+    let size = process?.console_size()?;
+    Some((
+        u16::try_from(size.height()).ok()?,
+        u16::try_from(size.width()).ok()?,
+    ))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -428,5 +453,39 @@ mod tests {
         stdin.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty());
         assert!(streams.resize(10, 10).is_err());
+    }
+
+    #[test]
+    fn the_console_size_of_the_spec_is_set_before_the_process_runs() {
+        let process: oci_spec::runtime::Process = serde_json::from_str(
+            r#"{"cwd": "/", "user": {"uid": 0, "gid": 0}, "terminal": true, "consoleSize": {"height": 31, "width": 97}}"#,
+        )
+        .unwrap();
+        assert_eq!(console_size(Some(&process)), Some((31, 97)));
+        let huge: oci_spec::runtime::Process =
+            serde_json::from_str(r#"{"cwd": "/", "user": {"uid": 0, "gid": 0}, "consoleSize": {"height": 70000, "width": 1}}"#)
+                .unwrap();
+        assert_eq!(console_size(Some(&huge)), None);
+
+        let master = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/ptmx")
+            .unwrap();
+        let (_side, streams) = Streams::new([true, true, false], true).unwrap();
+        streams
+            .set_terminal(master.try_clone().unwrap(), true, true, Some((31, 97)))
+            .unwrap();
+        let mut size = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ writes one winsize through the pointer, which
+        // is valid for the call; the fd is an open pty master.
+        let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGWINSZ, &mut size) };
+        assert_eq!(rc, 0);
+        assert_eq!((size.ws_row, size.ws_col), (31, 97));
     }
 }

@@ -125,7 +125,12 @@ impl Runtime {
             .map_err(|e| AgentError::Internal(format!("container {id}: {e}")))?;
         if let Some(master) = master {
             streams
-                .set_terminal(master, enabled[0], true)
+                .set_terminal(
+                    master,
+                    enabled[0],
+                    true,
+                    crate::streams::console_size(spec.process().as_ref()),
+                )
                 .map_err(|e| internal("terminal", &e))?;
         }
         let oom = OomCounter::new(id, cgroup.clone());

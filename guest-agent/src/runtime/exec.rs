@@ -23,6 +23,7 @@ impl Runtime {
         let (enabled, terminal) = enabled(req.stdio.as_ref());
         let mut process = spec::parse_process(&req.process_json)?;
         process.set_terminal(Some(terminal));
+        let console_size = crate::streams::console_size(Some(&process));
         let seccomp = spec::exec_seccomp(&mut process, container.seccomp.as_ref());
 
         let what = format!("exec {exec_id} in container {id}");
@@ -46,7 +47,7 @@ impl Runtime {
         let (pid, master) = result?;
         if let Some(master) = master {
             streams
-                .set_terminal(master, enabled[0], true)
+                .set_terminal(master, enabled[0], true, console_size)
                 .map_err(|e| AgentError::internal(&what, e))?;
         }
         let process = Process::new(pid, streams);
