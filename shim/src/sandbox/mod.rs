@@ -6,6 +6,7 @@
 pub mod agent;
 mod sizing;
 pub(crate) mod slot;
+pub mod space;
 mod watchers;
 
 use std::{
