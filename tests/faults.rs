@@ -122,9 +122,13 @@ fn guest_crash_ends_the_task_and_cleans_up(fault: &str, prefix: &str, console_sa
     let code = wait_exit(&ctrd, &mut run, Duration::from_secs(120));
     let log = fs::read_to_string(ctrd.dir().join("containerd.log")).unwrap();
     assert_eq!(code, Some(137), "exit status of the task\n{log}");
+    // Whichever the shim saw first: the VM's exit, a helper's (QEMU drops
+    // its vhost-user backends before it exits) or the agent's connection.
     assert!(
-        log.contains("the sandbox VM exited unexpectedly; last console lines"),
-        "the shim did not report the VM's exit:\n{log}"
+        log.contains("the sandbox VM exited unexpectedly; last console lines")
+            || log.contains("exited under a running sandbox")
+            || log.contains("the guest agent is unreachable"),
+        "the shim did not report the guest's crash:\n{log}"
     );
     assert!(
         log.contains(console_says),

@@ -111,10 +111,7 @@ fn watch_exit<O: SandboxOwner>(
     if !slot.exited_unexpectedly() {
         return;
     }
-    let console = slot
-        .get()
-        .map(|s| crash_lines(&s.vm().console_tail(CONSOLE_SCAN_LINES)))
-        .unwrap_or_default();
+    let console = slot.get().map(|s| console_report(&s)).unwrap_or_default();
     error!("the sandbox VM exited unexpectedly; last console lines:\n{console}");
     owner.sandbox_failed();
 }
@@ -126,6 +123,12 @@ const CONSOLE_REPORT_LINES: usize = 20;
 /// What the guest kernel prints first when it panics; its stack trace
 /// follows, so the last lines alone would miss the reason.
 const KERNEL_PANIC: &str = "Kernel panic - not syncing";
+
+/// The guest console's lines worth logging when the sandbox fails: from a
+/// kernel panic's reason on, else the last few.
+pub(crate) fn console_report(sandbox: &Sandbox) -> String {
+    crash_lines(&sandbox.vm().console_tail(CONSOLE_SCAN_LINES))
+}
 
 /// The console lines worth logging from `tail`: from the last kernel panic
 /// line on (its reason and the start of its trace), else the last few.
