@@ -8,6 +8,8 @@
 use firedoor_protocol::{cmdline, DEFAULT_AGENT_PORT};
 use log::LevelFilter;
 
+use crate::fault::Fault;
+
 /// What the agent was told to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
@@ -15,6 +17,8 @@ pub struct AgentConfig {
     pub port: u32,
     /// Maximum log level written to the console.
     pub log_level: LevelFilter,
+    /// A fault armed for Firedoor's tests (`firedoor.fault=`, see `fault`).
+    pub fault: Option<Fault>,
 }
 
 impl Default for AgentConfig {
@@ -22,6 +26,7 @@ impl Default for AgentConfig {
         AgentConfig {
             port: DEFAULT_AGENT_PORT,
             log_level: LevelFilter::Info,
+            fault: None,
         }
     }
 }
@@ -33,10 +38,13 @@ pub enum ConfigError {
     BadPort { key: String, value: String },
     #[error("{key}={value}: unknown log level (use error, warn, info, debug or trace)")]
     BadLogLevel { key: String, value: String },
+    #[error("{key}={value}: unknown fault (use {})", Fault::KINDS)]
+    BadFault { key: String, value: String },
     #[error(
-        "{key}: unknown firedoor setting (known: {}, {})",
+        "{key}: unknown firedoor setting (known: {}, {}, {})",
         cmdline::PORT,
-        cmdline::LOG
+        cmdline::LOG,
+        cmdline::FAULT
     )]
     UnknownKey { key: String },
     #[error("{key} needs a value ({key}=...)")]
@@ -59,6 +67,12 @@ impl AgentConfig {
             match key {
                 cmdline::PORT => config.port = parse_port(key, value)?,
                 cmdline::LOG => config.log_level = parse_level(key, value)?,
+                cmdline::FAULT => {
+                    config.fault = Some(value.parse().map_err(|()| ConfigError::BadFault {
+                        key: key.into(),
+                        value: value.into(),
+                    })?)
+                }
                 _ => return Err(ConfigError::UnknownKey { key: key.into() }),
             }
         }
@@ -165,10 +179,23 @@ mod tests {
         let err = AgentConfig::from_cmdline("firedoor.prot=1024").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "firedoor.prot: unknown firedoor setting (known: firedoor.port, firedoor.log)"
+            "firedoor.prot: unknown firedoor setting (known: firedoor.port, firedoor.log, \
+             firedoor.fault)"
         );
         let err = AgentConfig::from_cmdline("firedoor.port").unwrap_err();
         assert!(matches!(err, ConfigError::MissingValue { .. }));
+    }
+
+    #[test]
+    fn arms_a_fault_only_when_asked() {
+        assert_eq!(AgentConfig::from_cmdline("quiet").unwrap().fault, None);
+        let config = AgentConfig::from_cmdline("firedoor.fault=exit").unwrap();
+        assert_eq!(config.fault, Some(Fault::AgentExit));
+        let err = AgentConfig::from_cmdline("firedoor.fault=boom").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "firedoor.fault=boom: unknown fault (use panic, exit or hang)"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod cgroup;
 pub mod config;
 pub mod error;
+pub mod fault;
 pub mod helper;
 pub mod init;
 pub mod logger;

@@ -18,6 +18,7 @@ use std::{
 
 use firedoor_agent::{
     config::{self, AgentConfig},
+    fault::Fault,
     helper, init, logger,
     oom::OomEvents,
     runtime::{Options, Runtime},
@@ -76,6 +77,8 @@ type BoxError = Box<dyn std::error::Error>;
 struct Serve {
     listen: String,
     containers: Option<(String, Options, SandboxPaths)>,
+    /// `firedoor.fault=` (PID 1 only).
+    fault: Option<Fault>,
 }
 
 fn run_as_init() -> Result<(), BoxError> {
@@ -106,6 +109,7 @@ fn run_as_init() -> Result<(), BoxError> {
     let reason = serve(Serve {
         listen: format!("vsock://-1:{}", config.port),
         containers: Some((stdio, options, paths)),
+        fault: config.fault,
     })?;
     info!("shutting down: {reason}");
     Ok(())
@@ -163,7 +167,11 @@ fn run_as_process(mut args: impl Iterator<Item = String>) -> Result<(), BoxError
             Some((stdio, options, paths))
         }
     };
-    let reason = serve(Serve { listen, containers })?;
+    let reason = serve(Serve {
+        listen,
+        containers,
+        fault: None,
+    })?;
     info!("exiting: {reason}");
     Ok(())
 }
@@ -210,7 +218,10 @@ fn serve(what: Serve) -> Result<ShutdownReason, BoxError> {
     signals::spawn_handler(shutdown_tx.clone())?;
 
     let ready_ms = uptime().as_millis() as u64;
-    let mut service = AgentService::new(ready_ms, shutdown_tx);
+    if let Some(fault) = what.fault {
+        warn!("fault injection armed: firedoor.fault={fault} (Firedoor's tests only)");
+    }
+    let mut service = AgentService::new(ready_ms, shutdown_tx).with_fault(what.fault);
     let mut runtime = None;
     let mut oom_events = None;
     if let Some((stdio_addr, options, paths)) = what.containers {

@@ -8,7 +8,13 @@ use firedoor_protocol::agent_ttrpc::Agent;
 use log::info;
 use ttrpc::TtrpcContext;
 
-use crate::{error::AgentError, runtime::Runtime, sandbox::Sandbox, ShutdownReason};
+use crate::{
+    error::AgentError,
+    fault::{self, Fault},
+    runtime::Runtime,
+    sandbox::Sandbox,
+    ShutdownReason,
+};
 
 type Reply<T> = ttrpc::Result<T>;
 
@@ -20,6 +26,8 @@ pub struct AgentService {
     shutdown: Sender<ShutdownReason>,
     runtime: Option<Arc<Runtime>>,
     sandbox: Option<Arc<Sandbox>>,
+    /// Fired by an exec of [`fault::FAULT_TRIGGER`] (tests only).
+    fault: Option<Fault>,
 }
 
 fn done<T: Default>(result: Result<(), AgentError>) -> Reply<T> {
@@ -38,7 +46,14 @@ impl AgentService {
             shutdown,
             runtime: None,
             sandbox: None,
+            fault: None,
         }
+    }
+
+    /// Arms `fault` (from `firedoor.fault=`) for the trigger exec.
+    pub fn with_fault(mut self, fault: Option<Fault>) -> Self {
+        self.fault = fault;
+        self
     }
 
     /// Serves the container API with `runtime` and `sandbox`.
@@ -159,6 +174,13 @@ impl Agent for AgentService {
         _ctx: &TtrpcContext,
         req: ExecProcessRequest,
     ) -> Reply<ExecProcessResponse> {
+        if let Some(armed) = self.fault {
+            if crate::spec::parse_process(&req.process_json)
+                .is_ok_and(|p| p.args().as_deref().is_some_and(fault::is_trigger))
+            {
+                fault::fire(armed);
+            }
+        }
         Ok(ExecProcessResponse {
             pid: self.runtime()?.exec(&req)?,
             ..Default::default()

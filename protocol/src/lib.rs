@@ -38,11 +38,21 @@ pub fn ready_marker(port: u32) -> String {
 }
 
 /// Kernel command-line keys the agent reads (`firedoor.port=2000`).
+/// The exec (`args == [FAULT_TRIGGER]`) that fires the fault armed by
+/// `firedoor.fault=`; without that parameter it is an ordinary exec of a
+/// program that does not exist.
+pub const FAULT_TRIGGER: &str = "/.firedoor-fault-trigger";
+
 pub mod cmdline {
     /// vsock port of the agent's ttrpc server.
     pub const PORT: &str = "firedoor.port";
     /// Agent log level: error, warn, info, debug, trace.
     pub const LOG: &str = "firedoor.log";
+    /// A fault for Firedoor's own tests to inject (`panic`, `exit`, `hang`):
+    /// the agent arms it at boot and fires it on an exec of
+    /// [`FAULT_TRIGGER`](super::FAULT_TRIGGER). Only the host's Firedoor
+    /// config (`kernel_params`) can set it; see README, "Fault injection".
+    pub const FAULT: &str = "firedoor.fault";
 
     /// The kernel parameter that puts the agent on vsock `port`.
     pub fn port_param(port: u32) -> String {

@@ -6,6 +6,7 @@
 pub mod agent;
 mod sizing;
 pub(crate) mod slot;
+pub mod space;
 mod watchers;
 
 use std::{
@@ -28,6 +29,7 @@ use firedoor_protocol::{
 use log::debug;
 
 pub(crate) use self::slot::{SandboxOwner, SandboxSlot};
+pub(crate) use self::watchers::console_report;
 pub use self::{
     agent::{ctx, GuestAgent, RPC_TIMEOUT},
     watchers::PIDS_FILE,

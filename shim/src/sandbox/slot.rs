@@ -18,7 +18,7 @@ use oci_spec::runtime::Spec;
 
 use super::{
     sizing::{self, FirstContainer},
-    watchers, Sandbox,
+    space, watchers, Sandbox,
 };
 use crate::{
     backends,
@@ -92,6 +92,7 @@ impl SandboxSlot {
         let first = FirstContainer::of(request.first);
         let unavailable =
             |e: anyhow::Error| ShimError::Unavailable(format!("starting the sandbox VM: {e:#}"));
+        space::ensure_room(request.state_dir).map_err(|e| ShimError::Unavailable(e.to_string()))?;
         let spec = sizing::vm_spec(&config, request.state_dir, &first).map_err(unavailable)?;
         // A step that prepares the host side of the guest's network (a tap
         // device in the VmSpec) belongs here, between spec and boot.

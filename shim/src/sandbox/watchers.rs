@@ -111,12 +111,35 @@ fn watch_exit<O: SandboxOwner>(
     if !slot.exited_unexpectedly() {
         return;
     }
-    let console = slot
-        .get()
-        .map(|s| s.vm().console_tail(20))
-        .unwrap_or_default();
+    let console = slot.get().map(|s| console_report(&s)).unwrap_or_default();
     error!("the sandbox VM exited unexpectedly; last console lines:\n{console}");
     owner.sandbox_failed();
+}
+
+/// Console lines searched for a kernel panic when the VM exits.
+const CONSOLE_SCAN_LINES: usize = 100;
+/// Console lines logged when the VM exits.
+const CONSOLE_REPORT_LINES: usize = 20;
+/// What the guest kernel prints first when it panics; its stack trace
+/// follows, so the last lines alone would miss the reason.
+const KERNEL_PANIC: &str = "Kernel panic - not syncing";
+
+/// The guest console's lines worth logging when the sandbox fails: from a
+/// kernel panic's reason on, else the last few.
+pub(crate) fn console_report(sandbox: &Sandbox) -> String {
+    crash_lines(&sandbox.vm().console_tail(CONSOLE_SCAN_LINES))
+}
+
+/// The console lines worth logging from `tail`: from the last kernel panic
+/// line on (its reason and the start of its trace), else the last few.
+fn crash_lines(tail: &str) -> String {
+    let lines: Vec<&str> = tail.lines().collect();
+    let start = lines
+        .iter()
+        .rposition(|l| l.contains(KERNEL_PANIC))
+        .unwrap_or(lines.len().saturating_sub(CONSOLE_REPORT_LINES));
+    let end = lines.len().min(start + 2 * CONSOLE_REPORT_LINES);
+    lines[start..end].join("\n")
 }
 
 fn record_pids(state_dir: &Path, sandbox: &Sandbox) {
@@ -151,5 +174,34 @@ pub(super) fn spawn_oom_watcher<O: SandboxOwner>(owner: &Arc<O>, sandbox: &Sandb
         });
     if let Err(e) = spawned {
         warn!("cannot watch OOM events: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_panic_is_reported_from_its_reason_on() {
+        let mut console: Vec<String> = (0..30).map(|i| format!("boot line {i}")).collect();
+        console
+            .push("Kernel panic - not syncing: Attempted to kill init! exitcode=0x00004600".into());
+        console.extend((0..50).map(|i| format!("trace line {i}")));
+        let report = crash_lines(&console.join("\n"));
+        assert!(
+            report.starts_with("Kernel panic - not syncing: Attempted to kill init!"),
+            "{report}"
+        );
+        assert_eq!(report.lines().count(), 2 * CONSOLE_REPORT_LINES);
+    }
+
+    #[test]
+    fn without_a_panic_the_last_lines_are_reported() {
+        let console: Vec<String> = (0..50).map(|i| format!("line {i}")).collect();
+        let report = crash_lines(&console.join("\n"));
+        assert_eq!(report.lines().count(), CONSOLE_REPORT_LINES);
+        assert!(report.ends_with("line 49"), "{report}");
+        assert_eq!(crash_lines("only\ntwo"), "only\ntwo");
+        assert_eq!(crash_lines(""), "");
     }
 }

@@ -35,7 +35,9 @@ pub(super) fn stats(shared: &Shared, req: api::StatsRequest) -> Result<api::Stat
     })
 }
 
-pub(crate) fn to_metrics(stats: &StatsContainerResponse) -> Metrics {
+/// containerd's metrics from the agent's stats reply (public for the fuzz target
+/// `agent_replies`: the reply comes from the guest).
+pub fn to_metrics(stats: &StatsContainerResponse) -> Metrics {
     let mut metrics = Metrics::new();
     if let Some(cpu) = stats.cpu.as_ref() {
         metrics.cpu = Some(CPUStat {

@@ -16,6 +16,8 @@ mod process_start;
 mod process_state;
 mod process_wait;
 mod shim_lifecycle;
+
+pub use container_stats::to_metrics;
 #[cfg(test)]
 mod tests;
 

@@ -31,7 +31,15 @@ pub(super) fn spawn_waiter(shared: &Arc<Shared>, agent: GuestAgent, process: Arc
         let exit = match agent.wait_process(&process.container_id, &process.exec_id) {
             Ok(reply) => ExitInfo::from_unix_nanos(reply.exit_status, reply.exited_at_unix_nanos),
             Err(e) => {
-                warn!("{e}");
+                // The agent is gone: the guest may have crashed before its
+                // VM's exit is seen (QEMU drops its vhost-user backends
+                // first), so the console goes to the log here too.
+                let console = shared
+                    .sandbox
+                    .get()
+                    .map(|s| crate::sandbox::console_report(&s))
+                    .unwrap_or_default();
+                warn!("{e}; last console lines:\n{console}");
                 ExitInfo::now(VM_GONE_STATUS)
             }
         };
