@@ -11,6 +11,7 @@ pub mod helper;
 pub mod init;
 pub mod logger;
 pub mod namespaces;
+pub mod network;
 pub mod oom;
 pub mod runtime;
 pub mod sandbox;

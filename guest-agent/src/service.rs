@@ -106,6 +106,13 @@ impl Agent for AgentService {
         }))
     }
 
+    fn configure_network(&self, _ctx: &TtrpcContext, req: ConfigureNetworkRequest) -> Reply<Empty> {
+        done(
+            self.runtime()
+                .and_then(|r| crate::network::configure(&req, r.pod_netns())),
+        )
+    }
+
     fn create_container(
         &self,
         _ctx: &TtrpcContext,

@@ -1,5 +1,6 @@
 use std::{
     fmt, io,
+    os::fd::RawFd,
     path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
@@ -78,6 +79,53 @@ pub struct VmSpec {
     /// A host directory shared with the guest over virtio-fs, tag
     /// [`SHARED_FS_TAG`](crate::SHARED_FS_TAG) (container rootfs, volumes).
     pub shared_dir: Option<PathBuf>,
+    /// Network cards, each on a tap device the caller opened and keeps
+    /// open until the VM has exited.
+    pub nics: Vec<VmNic>,
+}
+
+/// A virtio-net card of the guest on a host tap device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmNic {
+    /// The tap's descriptor in this process (close-on-exec: the backend
+    /// passes it to the VMM alone).
+    pub tap_fd: RawFd,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+impl VmNic {
+    /// `aa:bb:cc:dd:ee:ff`
+    pub fn mac_string(&self) -> String {
+        self.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+}
+
+/// Lets the tap descriptors of `nics` through the exec of `cmd` (and only
+/// that child's: the parent's stay close-on-exec, so no other helper
+/// inherits them).
+pub(crate) fn pass_taps(cmd: &mut std::process::Command, nics: &[VmNic]) {
+    if nics.is_empty() {
+        return;
+    }
+    let fds: Vec<RawFd> = nics.iter().map(|n| n.tap_fd).collect();
+    // SAFETY: the closure runs between fork and exec and only calls
+    // fcntl(2), which is async-signal-safe, on descriptors the child
+    // inherited; it allocates nothing (`fds` was built before the fork).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 impl VmSpec {
@@ -97,6 +145,7 @@ impl VmSpec {
             run_base: std::env::temp_dir(),
             run_dir_name: None,
             shared_dir: None,
+            nics: Vec::new(),
         }
     }
 
@@ -149,6 +198,18 @@ impl VmSpec {
                     dir.display()
                 )));
             }
+        }
+        if let Some(nic) = self
+            .nics
+            .iter()
+            .find(|n| n.tap_fd <= 2 || !(68..=65535).contains(&n.mtu))
+        {
+            return Err(VmError::InvalidSpec(format!(
+                "network card {}: tap descriptor {} (must be above 2), MTU {} (68-65535)",
+                nic.mac_string(),
+                nic.tap_fd,
+                nic.mtu
+            )));
         }
         if self.ready.vsock_port == 0 {
             return Err(VmError::InvalidSpec(
@@ -317,6 +378,22 @@ mod tests {
             },
             VmSpec {
                 kernel_params: vec!["a b".into()],
+                ..ok.clone()
+            },
+            VmSpec {
+                nics: vec![VmNic {
+                    tap_fd: 1,
+                    mac: [2, 0, 0, 0, 0, 1],
+                    mtu: 1500,
+                }],
+                ..ok.clone()
+            },
+            VmSpec {
+                nics: vec![VmNic {
+                    tap_fd: 5,
+                    mac: [2, 0, 0, 0, 0, 1],
+                    mtu: 70000,
+                }],
                 ..ok.clone()
             },
         ];

@@ -6,7 +6,7 @@
 use std::{path::PathBuf, process::Command};
 
 use crate::{
-    backend::{Backend, BackendKind, Launch, RunDir, VmSpec, GUEST_CID},
+    backend::{pass_taps, Backend, BackendKind, Launch, RunDir, VmSpec, GUEST_CID},
     host,
     vhost_user::{fs_socket, launch_vmm, VIRTIOFSD},
     Result, VmError, SHARED_FS_TAG,
@@ -62,6 +62,12 @@ impl BuiltinBackend {
         if spec.huge_pages {
             args.push("--hugepages".into());
         }
+        for nic in &spec.nics {
+            args.extend([
+                "--net".into(),
+                format!("fd={},mac={},mtu={}", nic.tap_fd, nic.mac_string(), nic.mtu),
+            ]);
+        }
         if spec.shared_dir.is_some() {
             args.extend([
                 "--fs".into(),
@@ -82,13 +88,16 @@ impl Backend for BuiltinBackend {
     }
 
     fn launch(&self, spec: &VmSpec, run_dir: &RunDir) -> Result<Launch> {
+        let mut vmm = Command::new(&self.vmm);
+        vmm.args(self.vmm_args(spec, run_dir));
+        pass_taps(&mut vmm, &spec.nics);
         launch_vmm(
             Vec::new(),
             self.virtiofsd.as_deref(),
             spec,
             run_dir,
             FIREDOOR_VMM,
-            Command::new(&self.vmm).args(self.vmm_args(spec, run_dir)),
+            &mut vmm,
         )
     }
 }
@@ -132,6 +141,23 @@ mod tests {
             value("--cmdline"),
             "console=ttyS0 reboot=k panic=-1 quiet firedoor.port=2000 firedoor.log=debug"
         );
+    }
+
+    #[test]
+    fn each_nic_is_a_net_option_with_its_descriptor_mac_and_mtu() {
+        let run_dir = RunDir::create(&std::env::temp_dir(), None).unwrap();
+        let mut spec = VmSpec::new("/k", "/i");
+        assert!(!backend()
+            .vmm_args(&spec, &run_dir)
+            .contains(&"--net".into()));
+        spec.nics = vec![crate::VmNic {
+            tap_fd: 9,
+            mac: [0x0a, 0x58, 0x0a, 0x01, 0x02, 0x03],
+            mtu: 1500,
+        }];
+        let args = backend().vmm_args(&spec, &run_dir);
+        let i = args.iter().position(|a| a == "--net").unwrap();
+        assert_eq!(args[i + 1], "fd=9,mac=0a:58:0a:01:02:03,mtu=1500");
     }
 
     #[test]

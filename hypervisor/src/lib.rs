@@ -16,7 +16,7 @@ pub mod vhost_user;
 mod vm;
 pub mod vsock;
 
-pub use backend::{Backend, BackendKind, Launch, ReadinessProbe, RunDir, VmSpec};
+pub use backend::{Backend, BackendKind, Launch, ReadinessProbe, RunDir, VmNic, VmSpec};
 pub use builtin::BuiltinBackend;
 pub use error::{Result, VmError};
 pub use qemu::QemuBackend;

@@ -5,7 +5,7 @@
 use std::{path::PathBuf, process::Command};
 
 use crate::{
-    backend::{Backend, BackendKind, Launch, RunDir, VmSpec, GUEST_CID},
+    backend::{pass_taps, Backend, BackendKind, Launch, RunDir, VmSpec, GUEST_CID},
     host::{self, KvmKind},
     vhost_user::{fs_socket, launch_vmm, start_vhost_user_daemon},
     Result, VmError, SHARED_FS_TAG,
@@ -149,6 +149,18 @@ impl QemuBackend {
             "-device".into(),
             "vhost-user-vsock-device,chardev=vsock".into(),
         ]);
+        for (i, nic) in spec.nics.iter().enumerate() {
+            args.extend([
+                "-netdev".into(),
+                format!("tap,id=net{i},fd={}", nic.tap_fd),
+                "-device".into(),
+                format!(
+                    "virtio-net-device,netdev=net{i},mac={},host_mtu={}",
+                    nic.mac_string(),
+                    nic.mtu
+                ),
+            ]);
+        }
         if spec.shared_dir.is_some() {
             args.extend([
                 "-chardev".into(),
@@ -185,13 +197,16 @@ impl Backend for QemuBackend {
             &vsock_socket(run_dir),
             run_dir,
         )?;
+        let mut qemu = Command::new(&self.qemu);
+        qemu.args(self.qemu_args(spec, run_dir));
+        pass_taps(&mut qemu, &spec.nics);
         launch_vmm(
             vec![vsock],
             self.virtiofsd.as_deref(),
             spec,
             run_dir,
             QEMU,
-            Command::new(&self.qemu).args(self.qemu_args(spec, run_dir)),
+            &mut qemu,
         )
     }
 }
@@ -262,6 +277,35 @@ mod tests {
         let kvm_args = kvm.qemu_args(&spec, &run_dir);
         let kvm_append = &kvm_args[kvm_args.iter().position(|a| a == "-append").unwrap() + 1];
         assert!(!kvm_append.contains("noapictimer"), "KVM: {kvm_append}");
+    }
+
+    #[test]
+    fn each_nic_is_a_tap_netdev_and_a_virtio_net_device_with_its_mac() {
+        let backend = QemuBackend {
+            qemu: "qemu".into(),
+            vhost_vsock: "vhost".into(),
+            virtiofsd: None,
+            accel: Accel::Tcg,
+        };
+        let run_dir = RunDir::create(&std::env::temp_dir(), None).unwrap();
+        let mut spec = VmSpec::new("/k", "/i");
+        assert!(!backend
+            .qemu_args(&spec, &run_dir)
+            .join(" ")
+            .contains("-netdev"));
+        spec.nics = vec![crate::VmNic {
+            tap_fd: 7,
+            mac: [0x0a, 0x58, 0x0a, 0x01, 0x02, 0x03],
+            mtu: 1450,
+        }];
+        let joined = backend.qemu_args(&spec, &run_dir).join(" ");
+        assert!(
+            joined.contains(
+                "-netdev tap,id=net0,fd=7 -device \
+                 virtio-net-device,netdev=net0,mac=0a:58:0a:01:02:03,host_mtu=1450"
+            ),
+            "{joined}"
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
 }
 
+#[cfg(feature = "netlink")]
+pub mod netlink;
 pub mod oci;
 pub mod stdio;
 

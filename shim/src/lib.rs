@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod hooks;
 pub mod mount;
+pub mod network;
 pub mod sandbox;
 pub mod shimv2;
 pub mod spec;

@@ -146,6 +146,15 @@ fn sandbox_id_of_bundle(bundle: &Path) -> Option<String> {
 fn cleanup_after_crash(bundle: &Path, state_dir: &Path) {
     let started = SystemTime::now();
     remove_sandbox_state(state_dir);
+    // The VM's taps died with it; the tc redirects on the pod's veth did not.
+    if let Some(netns) = fs::read_to_string(bundle.join("config.json"))
+        .ok()
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .as_ref()
+        .and_then(crate::network::netns_path)
+    {
+        crate::network::clean_up(&netns);
+    }
     mount::unmount_all_under(&bundle.join("rootfs"));
     info!("cleanup took {:?}", started.elapsed().unwrap_or_default());
 }

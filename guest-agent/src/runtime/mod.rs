@@ -216,6 +216,11 @@ impl Runtime {
         })
     }
 
+    /// Where the pod network namespace is pinned.
+    pub fn pod_netns(&self) -> &std::path::Path {
+        &self.opts.pod_netns
+    }
+
     pub fn container(&self, id: &str) -> Result<Arc<Container>> {
         lock(&self.containers)
             .get(id)

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use firedoor_protocol::{
     agent::{
-        CheckRequest, CheckResponse, ContainerRequest, CreateContainerRequest,
-        CreateContainerResponse, CreateSandboxRequest, ExecProcessRequest, ExecProcessResponse,
-        GetOOMEventRequest, ListProcessesResponse, OOMEvent, ProcessRequest,
+        CheckRequest, CheckResponse, ConfigureNetworkRequest, ContainerRequest,
+        CreateContainerRequest, CreateContainerResponse, CreateSandboxRequest, ExecProcessRequest,
+        ExecProcessResponse, GetOOMEventRequest, ListProcessesResponse, OOMEvent, ProcessRequest,
         RemoveContainerRequest, ResizeTtyRequest, ShutdownRequest, SignalProcessRequest,
         StatsContainerResponse, UpdateContainerRequest, WaitProcessResponse,
     },
@@ -94,6 +94,14 @@ impl GuestAgent {
         self.call(
             || "setting up the guest".into(),
             |c, ctx| c.create_sandbox(ctx, request),
+        )
+        .map(drop)
+    }
+
+    pub fn configure_network(&self, request: &ConfigureNetworkRequest) -> Result<()> {
+        self.call(
+            || "configuring the guest's network".into(),
+            |c, ctx| c.configure_network(ctx, request),
         )
         .map(drop)
     }

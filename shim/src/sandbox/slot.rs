@@ -25,6 +25,7 @@ use crate::{
     config::Config,
     error::{Result, ShimError},
     mount,
+    network::{self, PodNetwork},
 };
 
 /// What owns a sandbox slot (the Task service today; the Sandbox API
@@ -55,6 +56,9 @@ pub(crate) struct SandboxSlot {
     stopping: AtomicBool,
     /// Set once the VM has died under us.
     dead: AtomicBool,
+    /// The host side of the pod's network (taps, tc redirects), removed
+    /// once the VM has stopped.
+    network: Mutex<Option<PodNetwork>>,
 }
 
 impl SandboxSlot {
@@ -93,16 +97,37 @@ impl SandboxSlot {
         let unavailable =
             |e: anyhow::Error| ShimError::Unavailable(format!("starting the sandbox VM: {e:#}"));
         space::ensure_room(request.state_dir).map_err(|e| ShimError::Unavailable(e.to_string()))?;
-        let spec = sizing::vm_spec(&config, request.state_dir, &first).map_err(unavailable)?;
-        // A step that prepares the host side of the guest's network (a tap
-        // device in the VmSpec) belongs here, between spec and boot.
-        let backend = backends::for_config(&config).map_err(unavailable)?;
-        let sandbox = watchers::boot_watched(owner, backend, spec).map_err(unavailable)?;
-        if let Err(e) = set_up_guest(&sandbox, request.state_dir, &first.hostname) {
+        let mut spec = sizing::vm_spec(&config, request.state_dir, &first).map_err(unavailable)?;
+        let pod_network = attach_network(request.first).map_err(unavailable)?;
+        if let Some(pod_network) = &pod_network {
+            spec.nics = pod_network.vm_nics();
+        }
+        let booted = backends::for_config(&config)
+            .and_then(|backend| watchers::boot_watched(owner, backend, spec));
+        let sandbox = match booted {
+            Ok(sandbox) => sandbox,
+            Err(e) => {
+                if let Some(n) = pod_network {
+                    n.detach();
+                }
+                return Err(unavailable(e));
+            }
+        };
+        let guest = set_up_guest(&sandbox, request.state_dir, &first.hostname).and_then(|()| {
+            match &pod_network {
+                Some(n) => sandbox.agent().configure_network(&n.guest_config()),
+                None => Ok(()),
+            }
+        });
+        if let Err(e) = guest {
             slot.stopping.store(true, Ordering::SeqCst);
             let _ = sandbox.shutdown();
+            if let Some(n) = pod_network {
+                n.detach();
+            }
             return Err(unavailable(e.into()));
         }
+        *slot.network.lock().unwrap_or_else(|e| e.into_inner()) = pod_network;
         watchers::spawn_oom_watcher(owner, &sandbox);
         guard.replace(sandbox.clone());
         Ok(sandbox)
@@ -152,6 +177,15 @@ impl SandboxSlot {
                 Err(e) => warn!("stopping the sandbox VM: {e:#}"),
             }
         }
+        // After the VM: its taps must not be closed under a running guest.
+        if let Some(pod_network) = self
+            .network
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            pod_network.detach();
+        }
         mount::unmount_all_under(state_dir);
         if let Err(e) = fs::remove_dir_all(state_dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -159,6 +193,28 @@ impl SandboxSlot {
             }
         }
     }
+}
+
+/// The host side of the pod's network, when the first container names a
+/// host network namespace with CNI interfaces in it; `None` (a VM without
+/// NIC) otherwise.
+fn attach_network(first: &Spec) -> anyhow::Result<Option<PodNetwork>> {
+    let Some(netns) = network::netns_path(first) else {
+        info!(
+            "the pod has no network namespace of its own (host network): its VM gets no NIC, \
+             the VM is the pod's node"
+        );
+        return Ok(None);
+    };
+    let pod_network = PodNetwork::attach(&netns)?;
+    if pod_network.is_empty() {
+        info!(
+            "{} has no interface with an IPv4 address: the VM gets no NIC",
+            netns.display()
+        );
+        return Ok(None);
+    }
+    Ok(Some(pod_network))
 }
 
 /// The guest side of the sandbox: its id, hostname and the shared
