@@ -1,0 +1,508 @@
+//! Pods on the network (issue 10): containerd's CRI runs CNI (Debian's
+//! `bridge` + `host-local` + `portmap`, a conflist in the test's own CNI
+//! directory, a bridge and a private /24 of the test's own, no masquerade:
+//! nothing leaves the host), the shim joins the pod's veth to the VM's NIC
+//! by tc redirects, and the pod is reached by its IP from another pod and
+//! from the host.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use firedoor_tests::{containerd::Containerd, image::BUSYBOX_IMAGE, processes_mentioning};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::{
+    runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata,
+    CreateContainerRequest, DnsConfig, ExecSyncRequest, ImageSpec, PodSandboxConfig,
+    PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopPodSandboxRequest,
+};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+type Cri = RuntimeServiceClient<Channel>;
+
+async fn connect(socket: PathBuf) -> Cri {
+    let channel = Endpoint::try_from("http://[::]:0")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+    RuntimeServiceClient::new(channel)
+}
+
+/// The test's own bridge network, written before containerd's first pod
+/// (containerd takes the first conflist by name: ours sorts before the
+/// default ptp one). The bridge is removed on drop (CNI DEL leaves it).
+struct BridgeNetwork {
+    bridge: String,
+    /// `10.A.B`: the /24 is `10.A.B.0/24`, the bridge (gateway) `.1`.
+    prefix: String,
+}
+
+impl BridgeNetwork {
+    fn install(ctrd: &Containerd) -> BridgeNetwork {
+        // From the test directory's random name: tests side by side get
+        // different bridges and ranges (10.208.0.0/13, apart from the
+        // ptp network's 10.200.0.0/13).
+        let seed = ctrd
+            .dir()
+            .to_string_lossy()
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        let bridge = format!("fdbr{:06x}", seed & 0xff_ffff);
+        let prefix = format!("10.{}.{}", 208 + (seed >> 8) % 8, seed % 256);
+        let conflist = format!(
+            r#"{{
+  "cniVersion": "1.0.0",
+  "name": "firedoor-bridge-test",
+  "plugins": [
+    {{
+      "type": "bridge",
+      "bridge": "{bridge}",
+      "isGateway": true,
+      "ipMasq": false,
+      "ipam": {{
+        "type": "host-local",
+        "subnet": "{prefix}.0/24",
+        "routes": [{{"dst": "0.0.0.0/0"}}],
+        "dataDir": "{root}/cni/ipam-bridge"
+      }}
+    }},
+    {{"type": "portmap", "capabilities": {{"portMappings": true}}}}
+  ]
+}}
+"#,
+            root = ctrd.dir().display()
+        );
+        fs::write(
+            ctrd.cni_conf_dir().join("10-firedoor-bridge.conflist"),
+            conflist,
+        )
+        .unwrap();
+        BridgeNetwork { bridge, prefix }
+    }
+
+    fn gateway(&self) -> String {
+        format!("{}.1", self.prefix)
+    }
+
+    /// The bridge's ports (veths of live pods).
+    fn ports(&self) -> Vec<String> {
+        fs::read_dir(format!("/sys/class/net/{}/brif", self.bridge))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for BridgeNetwork {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+/// A pod in its own network namespace (CRI's default) on `firedoor`.
+fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: logs.display().to_string(),
+        dns_config: Some(DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec![
+                "default.svc.cluster.local".into(),
+                "svc.cluster.local".into(),
+            ],
+            options: vec!["ndots:5".into()],
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, command: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: BUSYBOX_IMAGE.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|c| c.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(cri: &mut Cri, ctrd: &Containerd, config: &PodSandboxConfig) -> String {
+    cri.run_pod_sandbox(RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: "firedoor".into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd.log_tail(40)))
+    .into_inner()
+    .pod_sandbox_id
+}
+
+async fn start_container(
+    cri: &mut Cri,
+    ctrd: &Containerd,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
+    let name = config.metadata.as_ref().unwrap().name.clone();
+    let id = cri
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\n{}", ctrd.log_tail(40)))
+        .into_inner()
+        .container_id;
+    cri.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", ctrd.log_tail(40)));
+    id
+}
+
+/// ExecSync of `sh -c script`; returns its stdout, asserting exit code 0.
+async fn exec_sh(cri: &mut Cri, id: &str, script: &str) -> String {
+    let out = cri
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 180,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync {script:?} in {id}: {e}"))
+        .into_inner();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.exit_code,
+        0,
+        "{script:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The pod's IP and its CNI network namespace (from the verbose status).
+async fn pod_ip_and_netns(cri: &mut Cri, pod: &str) -> (String, PathBuf) {
+    let status = cri
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ip = status
+        .status
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .unwrap_or_default();
+    assert!(!ip.is_empty(), "pod {pod} has no IP");
+    let info: serde_json::Value =
+        serde_json::from_str(status.info.get("info").map_or("{}", String::as_str)).unwrap();
+    let netns = info["runtimeSpec"]["linux"]["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|ns| ns["type"] == "network")
+        .and_then(|ns| ns["path"].as_str())
+        .unwrap_or_default();
+    assert!(!netns.is_empty(), "no network namespace path in {info}");
+    (ip, netns.into())
+}
+
+/// A shell loop fetching `/` from `host:8080` until the page comes (the
+/// server may still be starting), for at most `tries` seconds or so;
+/// prints the page's last line. With busybox `nc`: Debian's static
+/// busybox `wget` crashes in an image without glibc's NSS libraries.
+fn fetch_script(host: &str, tries: u32) -> String {
+    format!(
+        "i=0; while [ $i -lt {tries} ]; do \
+           out=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 {host} 8080) && \
+           case \"$out\" in *hello-from-web*) echo \"$out\" | tail -n 1; exit 0;; esac; \
+           i=$((i+1)); sleep 1; done; exit 1"
+    )
+}
+
+/// The host fetches `/` from `ip:port` as the kubelet's HTTP probes do.
+fn host_fetch(ip: &str, port: u16) -> String {
+    let address: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            stream.write_all(b"GET / HTTP/1.0\r\nHost: pod\r\n\r\n")?;
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply)?;
+            Ok(reply)
+        })();
+        match attempt {
+            Ok(reply) if reply.starts_with("HTTP/1.") => return reply,
+            _ if Instant::now() > deadline => panic!("{address}: no answer: {attempt:?}"),
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+fn in_netns(netns: &Path, args: &[&str]) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} in {}: {}",
+        netns.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn remove_pod(cri: &mut Cri, pod: &str) {
+    cri.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .unwrap();
+    cri.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .unwrap();
+}
+
+/// Waits until the pod's shim state is gone, then checks nothing is left.
+async fn assert_pod_gone(ctrd: &Containerd, pod: &str, netns: &Path) {
+    let state_dir = Path::new("/run/firedoor/k8s.io").join(pod);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while state_dir.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!state_dir.exists(), "{} left behind", state_dir.display());
+    assert_eq!(processes_mentioning(&state_dir), vec![]);
+    assert!(!netns.exists(), "{} left behind", netns.display());
+    let log = ctrd.log_tail(400);
+    assert!(
+        !log.contains("detaching the pod network"),
+        "the shim could not detach the pod network: {log}"
+    );
+}
+
+/// Two pods on the bridge: one serves a page with busybox httpd, a second
+/// container of that pod fetches it over localhost, the other pod and the
+/// host fetch it by the pod's IP, the pod pings the host's bridge address;
+/// the guest has eth0 with the pod IP, the veth's MAC and MTU; resolv.conf
+/// is the pod's; after RemovePodSandbox nothing of either pod is left.
+#[test]
+fn pods_reach_each_other_and_the_host_reaches_them_by_pod_ip() {
+    let ctrd = Containerd::start_cri();
+    let network = BridgeNetwork::install(&ctrd);
+    let logs = ctrd.dir().join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut cri = connect(ctrd.address()).await;
+        let web_config = pod_config("web", &logs);
+        let web = run_pod(&mut cri, &ctrd, &web_config).await;
+        let (web_ip, web_netns) = pod_ip_and_netns(&mut cri, &web).await;
+        assert!(web_ip.starts_with(&network.prefix), "{web_ip}");
+        let server = start_container(
+            &mut cri,
+            &ctrd,
+            &web,
+            &web_config,
+            container_config(
+                "httpd",
+                &[
+                    "sh",
+                    "-c",
+                    "mkdir -p /www && echo hello-from-web > /www/index.html && \
+                     exec httpd -f -p 8080 -h /www",
+                ],
+            ),
+        )
+        .await;
+        let sidecar = start_container(
+            &mut cri,
+            &ctrd,
+            &web,
+            &web_config,
+            container_config("sidecar", &["sleep", "1000000"]),
+        )
+        .await;
+
+        // The guest's side: eth0 with the pod IP, the veth's MAC and MTU.
+        let guest = exec_sh(
+            &mut cri,
+            &sidecar,
+            "ip -o addr show eth0; ip -o link show eth0",
+        )
+        .await;
+        assert!(guest.contains(&format!("inet {web_ip}/24")), "{guest}");
+        let veth = in_netns(&web_netns, &["ip", "-o", "link", "show", "eth0"]);
+        let veth_mac = veth
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap()
+            .to_string();
+        assert!(guest.contains(&veth_mac), "guest {guest} veth {veth}");
+        let routes = exec_sh(&mut cri, &sidecar, "ip route").await;
+        assert!(
+            routes.contains(&format!("default via {}", network.gateway())),
+            "{routes}"
+        );
+        // The host's side: a tap and the two redirects in the CNI netns.
+        let filters = in_netns(
+            &web_netns,
+            &["tc", "filter", "show", "dev", "eth0", "ingress"],
+        );
+        assert!(
+            filters.contains("Egress Redirect to device fdtap0"),
+            "{filters}"
+        );
+        let filters = in_netns(
+            &web_netns,
+            &["tc", "filter", "show", "dev", "fdtap0", "ingress"],
+        );
+        assert!(
+            filters.contains("Egress Redirect to device eth0"),
+            "{filters}"
+        );
+
+        // Two containers of one pod over localhost.
+        let page = exec_sh(&mut cri, &sidecar, &fetch_script("127.0.0.1", 60)).await;
+        assert_eq!(page, "hello-from-web\n");
+        // The host, by pod IP.
+        let reply = host_fetch(&web_ip, 8080);
+        assert!(reply.ends_with("hello-from-web\n"), "{reply}");
+
+        // Another pod, by pod IP; and the host's bridge address from it.
+        let client_config = pod_config("client", &logs);
+        let client_pod = run_pod(&mut cri, &ctrd, &client_config).await;
+        let (client_ip, client_netns) = pod_ip_and_netns(&mut cri, &client_pod).await;
+        assert_ne!(client_ip, web_ip);
+        let client = start_container(
+            &mut cri,
+            &ctrd,
+            &client_pod,
+            &client_config,
+            container_config("client", &["sleep", "1000000"]),
+        )
+        .await;
+        let page = exec_sh(&mut cri, &client, &fetch_script(&web_ip, 60)).await;
+        assert_eq!(page, "hello-from-web\n");
+        let ping = format!("ping -c 1 -W 10 {}", network.gateway());
+        exec_sh(&mut cri, &client, &ping).await;
+
+        // DNS from the pod's config.
+        let resolv = exec_sh(&mut cri, &client, "cat /etc/resolv.conf").await;
+        assert!(resolv.contains("nameserver 10.96.0.10"), "{resolv}");
+        assert!(
+            resolv.contains("search default.svc.cluster.local svc.cluster.local"),
+            "{resolv}"
+        );
+        assert!(resolv.contains("options ndots:5"), "{resolv}");
+        let _ = server;
+
+        assert_eq!(network.ports().len(), 2, "{:?}", network.ports());
+        remove_pod(&mut cri, &web).await;
+        remove_pod(&mut cri, &client_pod).await;
+        assert_pod_gone(&ctrd, &web, &web_netns).await;
+        assert_pod_gone(&ctrd, &client_pod, &client_netns).await;
+        assert_eq!(network.ports(), Vec::<String>::new(), "veths left");
+        assert_eq!(ctrd.shim_pids(), Vec::<u32>::new(), "shim left behind");
+    });
+}
+
+/// A hostNetwork pod: no network namespace of its own, so no NIC in its VM
+/// (the node of the pod is its VM); the shim says so once.
+#[test]
+fn host_network_pod_gets_a_vm_without_nic() {
+    let ctrd = Containerd::start_cri();
+    let logs = ctrd.dir().join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut cri = connect(ctrd.address()).await;
+        let mut config = pod_config("hostnet", &logs);
+        config.linux = Some(k8s_cri::v1::LinuxPodSandboxConfig {
+            security_context: Some(k8s_cri::v1::LinuxSandboxSecurityContext {
+                namespace_options: Some(k8s_cri::v1::NamespaceOption {
+                    network: k8s_cri::v1::NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let pod = run_pod(&mut cri, &ctrd, &config).await;
+        let app = start_container(
+            &mut cri,
+            &ctrd,
+            &pod,
+            &config,
+            container_config("app", &["sleep", "1000000"]),
+        )
+        .await;
+        // Link types: 772 loopback, 776 the kernel's sit0; 1 would be a NIC.
+        let links = exec_sh(
+            &mut cri,
+            &app,
+            "for n in /sys/class/net/*; do echo ${n##*/} $(cat $n/type); done",
+        )
+        .await;
+        assert!(links.contains("lo 772"), "{links}");
+        assert!(
+            !links.lines().any(|l| l.ends_with(" 1")),
+            "a NIC in a hostNetwork pod's VM: {links}"
+        );
+        let log = ctrd.log_tail(400);
+        assert_eq!(
+            log.matches("its VM gets no NIC").count(),
+            1,
+            "said once: {log}"
+        );
+        remove_pod(&mut cri, &pod).await;
+        let state_dir = Path::new("/run/firedoor/k8s.io").join(&pod);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while state_dir.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!state_dir.exists(), "{} left behind", state_dir.display());
+    });
+}
