@@ -506,3 +506,50 @@ fn host_network_pod_gets_a_vm_without_nic() {
         assert!(!state_dir.exists(), "{} left behind", state_dir.display());
     });
 }
+
+/// A shim and VM killed with SIGKILL leave nothing in the pod's CNI
+/// namespace: the tap dies with its last descriptor, and `shim delete`
+/// (which containerd runs for a dead shim) removes the veth's redirect, so
+/// CNI DEL later finds the namespace as it left it.
+#[test]
+fn a_killed_shim_leaves_no_tap_and_no_redirect_in_the_pod_netns() {
+    let ctrd = Containerd::start_cri();
+    let _network = BridgeNetwork::install(&ctrd);
+    let logs = ctrd.dir().join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut cri = connect(ctrd.address()).await;
+        let config = pod_config("killed", &logs);
+        let pod = run_pod(&mut cri, &ctrd, &config).await;
+        let (_, netns) = pod_ip_and_netns(&mut cri, &pod).await;
+        let qdiscs = in_netns(&netns, &["tc", "qdisc", "show", "dev", "eth0"]);
+        assert!(qdiscs.contains("ingress"), "{qdiscs}");
+        let state_dir = Path::new("/run/firedoor/k8s.io").join(&pod);
+        let mut victims = ctrd.shim_pids();
+        assert_eq!(victims.len(), 1, "{victims:?}");
+        victims.extend(
+            processes_mentioning(&state_dir)
+                .into_iter()
+                .map(|(pid, _)| pid),
+        );
+        for pid in victims {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        // containerd notices the dead shim and runs `shim delete`.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let leftovers = loop {
+            let qdiscs = in_netns(&netns, &["tc", "qdisc", "show", "dev", "eth0"]);
+            let links = in_netns(&netns, &["ip", "-o", "link", "show"]);
+            let left = qdiscs.contains("ingress") || links.contains("fdtap");
+            if !left || Instant::now() > deadline {
+                break left.then_some(format!("{qdiscs}\n{links}"));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        assert_eq!(leftovers, None, "{}", ctrd.log_tail(40));
+        remove_pod(&mut cri, &pod).await;
+        assert_pod_gone(&ctrd, &pod, &netns).await;
+    });
+}
