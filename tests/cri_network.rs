@@ -46,6 +46,8 @@ async fn connect(socket: PathBuf) -> Cri {
 /// default ptp one). The bridge is removed on drop (CNI DEL leaves it).
 struct BridgeNetwork {
     bridge: String,
+    /// A host port of this test's own for `hostPort` mappings.
+    host_port: u16,
     /// `10.A.B`: the /24 is `10.A.B.0/24`, the bridge (gateway) `.1`.
     prefix: String,
 }
@@ -90,7 +92,12 @@ impl BridgeNetwork {
             conflist,
         )
         .unwrap();
-        BridgeNetwork { bridge, prefix }
+        let host_port = 31000 + u16::try_from(seed % 2000).unwrap();
+        BridgeNetwork {
+            bridge,
+            host_port,
+            prefix,
+        }
     }
 
     fn gateway(&self) -> String {
@@ -324,7 +331,7 @@ async fn assert_pod_gone(ctrd: &Containerd, pod: &str, netns: &Path) {
 
 /// Two pods on the bridge: one serves a page with busybox httpd, a second
 /// container of that pod fetches it over localhost, the other pod and the
-/// host fetch it by the pod's IP, the pod pings the host's bridge address;
+/// host fetch it by the pod's IP, the host through its hostPort too, the pod pings the host's bridge address;
 /// the guest has eth0 with the pod IP, the veth's MAC and MTU; resolv.conf
 /// is the pod's; after RemovePodSandbox nothing of either pod is left.
 #[test]
@@ -336,7 +343,13 @@ fn pods_reach_each_other_and_the_host_reaches_them_by_pod_ip() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let mut cri = connect(ctrd.address()).await;
-        let web_config = pod_config("web", &logs);
+        let mut web_config = pod_config("web", &logs);
+        web_config.port_mappings = vec![k8s_cri::v1::PortMapping {
+            protocol: k8s_cri::v1::Protocol::Tcp as i32,
+            container_port: 8080,
+            host_port: i32::from(network.host_port),
+            host_ip: String::new(),
+        }];
         let web = run_pod(&mut cri, &ctrd, &web_config).await;
         let (web_ip, web_netns) = pod_ip_and_netns(&mut cri, &web).await;
         assert!(web_ip.starts_with(&network.prefix), "{web_ip}");
@@ -409,6 +422,10 @@ fn pods_reach_each_other_and_the_host_reaches_them_by_pod_ip() {
         assert_eq!(page, "hello-from-web\n");
         // The host, by pod IP.
         let reply = host_fetch(&web_ip, 8080);
+        assert!(reply.ends_with("hello-from-web\n"), "{reply}");
+        // The host, through the hostPort mapping (portmap's DNAT on the
+        // host, to the pod IP, then the VM).
+        let reply = host_fetch(&network.gateway(), network.host_port);
         assert!(reply.ends_with("hello-from-web\n"), "{reply}");
 
         // Another pod, by pod IP; and the host's bridge address from it.
