@@ -336,8 +336,67 @@ async fn assert_pod_gone(ctrd: &Containerd, pod: &str, netns: &Path) {
 /// is the pod's; after RemovePodSandbox nothing of either pod is left.
 #[test]
 fn pods_reach_each_other_and_the_host_reaches_them_by_pod_ip() {
-    let ctrd = Containerd::start_cri();
-    let network = BridgeNetwork::install(&ctrd);
+    two_pods_on_the_bridge(&Containerd::start_cri());
+}
+
+/// The same with the built-in backend, inside `scripts/nested-kvm` (L1
+/// with hardware-style KVM). Slow (a CRI containerd and two L2 guests in
+/// an emulated L1): runs only with `FIREDOOR_NESTED_NETWORK=1`.
+#[test]
+fn pods_reach_each_other_with_the_builtin_backend_in_nested_kvm() {
+    if std::env::var_os("FIREDOOR_NESTED_NETWORK").is_none() {
+        eprintln!("skipped: set FIREDOOR_NESTED_NETWORK=1 to run it under scripts/nested-kvm");
+        return;
+    }
+    let root = firedoor_tests::workspace_root();
+    assert!(
+        root.join("target/guest/vmlinux-kvm-host").is_file(),
+        "run scripts/build-guest --fragment kernel-config/kvm-host.config --name kvm-host"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(root.join("scripts/nested-kvm"))
+        .args(["--timeout", "900", "--"])
+        .arg(exe)
+        .args([
+            "pods_reach_each_other_with_the_builtin_backend_inside_l1",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout
+                .contains("test pods_reach_each_other_with_the_builtin_backend_inside_l1 ... ok"),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Needs hardware KVM: started inside L1 by
+/// [`pods_reach_each_other_with_the_builtin_backend_in_nested_kvm`].
+#[test]
+#[ignore = "needs hardware KVM; run inside scripts/nested-kvm by pods_reach_each_other_with_the_builtin_backend_in_nested_kvm"]
+fn pods_reach_each_other_with_the_builtin_backend_inside_l1() {
+    // backend "auto" picks the built-in VMM on hardware KVM; L2 boots
+    // slowly in an emulated L1.
+    let ctrd = Containerd::start_cri_with_config("boot_timeout_secs = 120\n");
+    two_pods_on_the_bridge(&ctrd);
+    assert!(
+        ctrd.log_tail(100_000)
+            .contains("with the builtin backend (kvm)"),
+        "the shim did not pick the builtin backend:\n{}",
+        ctrd.log_tail(40)
+    );
+}
+
+fn two_pods_on_the_bridge(ctrd: &Containerd) {
+    let network = BridgeNetwork::install(ctrd);
     let logs = ctrd.dir().join("pod-logs");
     fs::create_dir_all(&logs).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -350,12 +409,12 @@ fn pods_reach_each_other_and_the_host_reaches_them_by_pod_ip() {
             host_port: i32::from(network.host_port),
             host_ip: String::new(),
         }];
-        let web = run_pod(&mut cri, &ctrd, &web_config).await;
+        let web = run_pod(&mut cri, ctrd, &web_config).await;
         let (web_ip, web_netns) = pod_ip_and_netns(&mut cri, &web).await;
         assert!(web_ip.starts_with(&network.prefix), "{web_ip}");
         let server = start_container(
             &mut cri,
-            &ctrd,
+            ctrd,
             &web,
             &web_config,
             container_config(
@@ -371,7 +430,7 @@ fn pods_reach_each_other_and_the_host_reaches_them_by_pod_ip() {
         .await;
         let sidecar = start_container(
             &mut cri,
-            &ctrd,
+            ctrd,
             &web,
             &web_config,
             container_config("sidecar", &["sleep", "1000000"]),
@@ -430,12 +489,12 @@ fn pods_reach_each_other_and_the_host_reaches_them_by_pod_ip() {
 
         // Another pod, by pod IP; and the host's bridge address from it.
         let client_config = pod_config("client", &logs);
-        let client_pod = run_pod(&mut cri, &ctrd, &client_config).await;
+        let client_pod = run_pod(&mut cri, ctrd, &client_config).await;
         let (client_ip, client_netns) = pod_ip_and_netns(&mut cri, &client_pod).await;
         assert_ne!(client_ip, web_ip);
         let client = start_container(
             &mut cri,
-            &ctrd,
+            ctrd,
             &client_pod,
             &client_config,
             container_config("client", &["sleep", "1000000"]),
@@ -459,8 +518,8 @@ fn pods_reach_each_other_and_the_host_reaches_them_by_pod_ip() {
         assert_eq!(network.ports().len(), 2, "{:?}", network.ports());
         remove_pod(&mut cri, &web).await;
         remove_pod(&mut cri, &client_pod).await;
-        assert_pod_gone(&ctrd, &web, &web_netns).await;
-        assert_pod_gone(&ctrd, &client_pod, &client_netns).await;
+        assert_pod_gone(ctrd, &web, &web_netns).await;
+        assert_pod_gone(ctrd, &client_pod, &client_netns).await;
         assert_eq!(network.ports(), Vec::<String>::new(), "veths left");
         assert_eq!(ctrd.shim_pids(), Vec::<u32>::new(), "shim left behind");
     });

@@ -100,6 +100,12 @@ impl Containerd {
         Self::launch("", true)
     }
 
+    /// As [`Containerd::start_cri`], with `firedoor_config` as the shims'
+    /// Firedoor config file.
+    pub fn start_cri_with_config(firedoor_config: &str) -> Containerd {
+        Self::launch(firedoor_config, true)
+    }
+
     /// containerd `build` (whatever `FIREDOOR_CONTAINERD` says), without
     /// its CRI plugin.
     pub fn start_build(build: Build) -> Containerd {
