@@ -84,6 +84,21 @@ pub fn netns_path(spec: &Spec) -> Option<PathBuf> {
         .clone()
 }
 
+/// Whether the spec has no network namespace entry at all (hostNetwork,
+/// `ctr run --net-host`), as opposed to one without a path (a fresh,
+/// unconnected namespace: `ctr run`'s default).
+pub fn asks_for_host_network(spec: &Spec) -> bool {
+    !spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|namespaces| {
+            namespaces
+                .iter()
+                .any(|ns| ns.typ() == LinuxNamespaceType::Network)
+        })
+}
+
 /// One CNI interface joined to a tap.
 #[derive(Debug)]
 struct Attached {

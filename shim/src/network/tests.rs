@@ -112,8 +112,11 @@ fn the_netns_comes_from_the_spec_network_entry_with_a_path() {
     )
     .unwrap();
     assert_eq!(netns_path(&fresh), None);
+    assert!(!asks_for_host_network(&fresh));
+    assert!(!asks_for_host_network(&spec));
     let host: Spec = serde_json::from_str(r#"{"ociVersion": "1.0.2", "linux": {}}"#).unwrap();
     assert_eq!(netns_path(&host), None);
+    assert!(asks_for_host_network(&host));
 }
 
 #[test]

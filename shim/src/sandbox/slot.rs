@@ -200,10 +200,12 @@ impl SandboxSlot {
 /// NIC) otherwise.
 fn attach_network(first: &Spec) -> anyhow::Result<Option<PodNetwork>> {
     let Some(netns) = network::netns_path(first) else {
-        info!(
-            "the pod has no network namespace of its own (host network): its VM gets no NIC, \
-             the VM is the pod's node"
-        );
+        if network::asks_for_host_network(first) {
+            info!(
+                "the pod has no network namespace of its own (host network): its VM gets no NIC, \
+                 the VM is the pod's node"
+            );
+        }
         return Ok(None);
     };
     let pod_network = PodNetwork::attach(&netns)?;
