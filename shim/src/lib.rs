@@ -9,6 +9,7 @@ pub mod error;
 pub mod hooks;
 pub mod mount;
 pub mod sandbox;
+pub mod sandbox_api;
 pub mod shimv2;
 pub mod spec;
 pub mod stdio;

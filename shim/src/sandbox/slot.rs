@@ -2,6 +2,7 @@
 //! pipeline of single steps, and shut down with the last.
 
 use std::{
+    collections::HashMap,
     fs,
     path::Path,
     sync::{
@@ -14,12 +15,9 @@ use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use firedoor_hypervisor::SHARED_FS_TAG;
 use firedoor_protocol::agent::CreateSandboxRequest;
 use log::{info, warn};
-use oci_spec::runtime::Spec;
 
-use super::{
-    sizing::{self, FirstContainer},
-    watchers, Sandbox,
-};
+pub(crate) use super::sizing::FirstContainer;
+use super::{sizing, watchers, Sandbox};
 use crate::{
     backends,
     config::Config,
@@ -38,12 +36,15 @@ pub(crate) trait SandboxOwner: Send + Sync + 'static {
 }
 
 /// Where a sandbox comes from: the shim's default configuration, its
-/// state directory, and the first container's request.
+/// state directory, and the first container's request (or the pod's, from
+/// the Sandbox API's CreateSandbox).
 pub(crate) struct BootRequest<'a> {
     pub config: &'a std::result::Result<Config, String>,
     /// `/run/firedoor/<namespace>/<sandbox id>`.
     pub state_dir: &'a Path,
-    pub first: &'a Spec,
+    /// The annotations that size the VM (`io.firedoor.vm.*`).
+    pub annotations: &'a HashMap<String, String>,
+    pub first: FirstContainer,
     /// containerd's runtime options.
     pub options: Option<&'a Any>,
 }
@@ -88,8 +89,8 @@ impl SandboxSlot {
         if let Some(sandbox) = guard.as_ref() {
             return Ok(sandbox.clone());
         }
-        let config = sizing::resolve_config(request.config, request.options, request.first)?;
-        let first = FirstContainer::of(request.first);
+        let config = sizing::resolve_config(request.config, request.options, request.annotations)?;
+        let first = request.first;
         let unavailable =
             |e: anyhow::Error| ShimError::Unavailable(format!("starting the sandbox VM: {e:#}"));
         let spec = sizing::vm_spec(&config, request.state_dir, &first).map_err(unavailable)?;
