@@ -15,6 +15,10 @@ use crate::{bin_dir, image, processes_mentioning};
 
 pub const RUNTIME: &str = "io.containerd.firedoor.v2";
 
+/// containerd 2.x's CRI handler for Firedoor through the Sandbox API
+/// (`sandboxer = "shim"`).
+pub const SANDBOX_API_HANDLER: &str = "firedoor-sandbox";
+
 /// Which containerd build a test runs against: Debian 12's 1.6 (the
 /// system's, in `/usr/bin`), or 1.7 / 2.1 unpacked by
 /// `scripts/containerd-builds` into `target/containerd/<version>/usr/bin`.
@@ -98,6 +102,12 @@ impl Containerd {
     /// The busybox and pause images are in namespace `k8s.io`.
     pub fn start_cri() -> Containerd {
         Self::launch("", true)
+    }
+
+    /// As [`Containerd::start_cri`], on containerd `build` (2.x configs
+    /// also have the [`SANDBOX_API_HANDLER`] runtime handler).
+    pub fn start_cri_build(build: Build) -> Containerd {
+        Self::launch_build(build, "", true)
     }
 
     /// containerd `build` (whatever `FIREDOOR_CONTAINERD` says), without
@@ -417,6 +427,10 @@ fn config_toml(build: &Build, root: &Path, cri: bool) -> String {
   runtime_type = "io.containerd.runc.v2"
 [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.firedoor]
   {firedoor_runtime}
+# The same runtime through containerd's Sandbox API (no pause container).
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{SANDBOX_API_HANDLER}]
+  {firedoor_runtime}
+  sandboxer = "shim"
 [plugins."io.containerd.cri.v1.runtime".cni]
   bin_dirs = ["{root}/cni/bin"]
   conf_dir = "{root}/cni/conf"
