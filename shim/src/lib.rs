@@ -10,6 +10,7 @@ pub mod hooks;
 pub mod mount;
 pub mod network;
 pub mod sandbox;
+pub mod sandbox_api;
 pub mod shimv2;
 pub mod spec;
 pub mod stdio;

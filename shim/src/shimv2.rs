@@ -1,10 +1,16 @@
 //! The shim v2 binary's three roles: `start` (spawn the shim daemon of a
 //! sandbox, or join the running one), `delete` (clean up after a shim that
-//! died), and the daemon serving containerd's Task API.
+//! died), and the daemon serving containerd's Task API (v2, and the same
+//! handlers as v3) and Sandbox API.
+//!
+//! `start` and `delete` are the `containerd-shim` crate's; the daemon is
+//! our own loop ([`serve`]), because the crate registers only the Task
+//! service on its ttrpc server.
 
 use std::{
     env, fs,
     path::{Path, PathBuf},
+    process::ExitCode,
     sync::{Arc, Mutex},
     time::SystemTime,
 };
@@ -13,6 +19,8 @@ use containerd_shim::{
     self as shim, api::DeleteResponse, publisher::RemotePublisher, util::write_address,
     Config as ShimConfig, ExitSignal, Flags, StartOpts,
 };
+
+mod serve;
 use log::{info, warn};
 use nix::{sys::signal::Signal, unistd::Pid};
 
@@ -31,16 +39,36 @@ const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 const STATE_ROOT: &str = "/run/firedoor";
 
 /// Runs the shim; called from `main`.
-pub fn run() {
+pub fn run() -> ExitCode {
+    let args: Vec<_> = env::args_os().collect();
+    let flags = shim::parse(&args[1..]).ok();
+    if let Some(flags) = flags.filter(is_daemon) {
+        return match serve::serve(flags, shim_config()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{RUNTIME_ID}: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    shim::run::<FiredoorShim>(RUNTIME_ID, Some(shim_config()));
+    ExitCode::SUCCESS
+}
+
+/// The daemon role: no action, `-socket` given (as `shim::spawn` starts it).
+fn is_daemon(flags: &Flags) -> bool {
+    flags.action.is_empty() && !flags.socket.is_empty() && !flags.version
+}
+
+fn shim_config() -> ShimConfig {
     // We wait for our own children by PID (pidfds); a SIGCHLD reaper that
     // collects every child would steal their exit statuses. These must be
     // set here: the crate installs signal handling before Shim::new.
-    let config = ShimConfig {
+    ShimConfig {
         no_reaper: true,
         no_sub_reaper: true,
         ..Default::default()
-    };
-    shim::run::<FiredoorShim>(RUNTIME_ID, Some(config))
+    }
 }
 
 pub struct FiredoorShim {
@@ -77,11 +105,16 @@ impl shim::Shim for FiredoorShim {
 
     fn start_shim(&mut self, opts: StartOpts) -> Result<String, shim::Error> {
         // The containers of a pod share one shim and one VM.
-        let grouping = sandbox_id_of_bundle(Path::new(".")).unwrap_or_else(|| opts.id.clone());
+        let bundle = Path::new(".");
+        let sandbox_api = started_by_sandbox_api(bundle);
+        if sandbox_api {
+            refuse_sandbox_api_before_2(containerd_major_version(&opts.publish_binary))?;
+        }
+        let grouping = sandbox_id_of_bundle(bundle).unwrap_or_else(|| opts.id.clone());
         let (_pid, address) = shim::spawn(opts, &grouping, Vec::new())?;
         // containerd 1.6 does not write it, and needs it to reconnect.
         write_address(&address)?;
-        Ok(address)
+        Ok(bootstrap_answer(&address, sandbox_api))
     }
 
     fn delete_shim(&mut self) -> Result<DeleteResponse, shim::Error> {
@@ -121,8 +154,69 @@ impl shim::Shim for FiredoorShim {
             sandbox: Default::default(),
             containers: Mutex::default(),
             exit: self.exit.clone(),
+            pod_namespaces: Default::default(),
         }))
     }
+}
+
+/// containerd >= 2.0's sandbox controller (`sandboxer = "shim"`) starts the
+/// shim of a pod in a bundle without an OCI spec; every task's bundle has
+/// one. Only 2.x does that, and 2.x accepts protocol version 3.
+fn started_by_sandbox_api(bundle: &Path) -> bool {
+    !bundle.join("config.json").exists()
+}
+
+/// What `start` prints: the bare address (protocol version 2, which every
+/// containerd reads; 1.6 reads nothing else and 1.7 rejects 3), or, for a
+/// shim started through the Sandbox API, version 3 as JSON, which makes
+/// containerd 2.x send the pod's tasks to the same connection through the
+/// Task API v3. `MAX_SHIM_VERSION` cannot decide it: containerd 1.7.24
+/// and 2.1.9 both pass `2` (measured), although 2.x accepts 3.
+fn bootstrap_answer(address: &str, sandbox_api: bool) -> String {
+    if sandbox_api {
+        serde_json::json!({"version": 3, "address": address, "protocol": "ttrpc"}).to_string()
+    } else {
+        address.to_string()
+    }
+}
+
+/// containerd 1.7's experimental sandbox mode would need protocol version
+/// 3, which 1.7 refuses: say what to configure instead of letting it fail
+/// on our answer.
+fn refuse_sandbox_api_before_2(containerd_major: Option<u32>) -> Result<(), shim::Error> {
+    match containerd_major {
+        Some(major) if major < 2 => Err(shim::Error::InvalidArgument(format!(
+            "{RUNTIME_ID}: containerd {major}.x's sandbox API (sandbox_mode = \"shim\") needs \
+             shim protocol version 3, which containerd before 2.0 does not accept; use \
+             sandbox_mode = \"podsandbox\" (the default) for this runtime handler, or \
+             containerd >= 2.0 with sandboxer = \"shim\""
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The major version `containerd --version` prints ("containerd
+/// github.com/containerd/containerd/v2 2.1.9 ..."); None if it cannot say.
+fn containerd_major_version(containerd: &str) -> Option<u32> {
+    if containerd.is_empty() {
+        return None;
+    }
+    let out = std::process::Command::new(containerd)
+        .arg("--version")
+        .output()
+        .ok()?;
+    parse_major_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_major_version(version_line: &str) -> Option<u32> {
+    version_line
+        .split_whitespace()
+        .nth(2)?
+        .trim_start_matches('v')
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn state_dir(namespace: &str, id: &str) -> PathBuf {
@@ -178,5 +272,46 @@ fn remove_sandbox_state(state_dir: &Path) {
         if let Err(e) = fs::remove_dir_all(state_dir) {
             warn!("removing {}: {e}", state_dir.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_sandbox_api_start_answers_version_3() {
+        let address = "unix:///run/containerd/s/abc";
+        assert_eq!(bootstrap_answer(address, false), address);
+        let answer: serde_json::Value =
+            serde_json::from_str(&bootstrap_answer(address, true)).unwrap();
+        assert_eq!(
+            answer,
+            serde_json::json!({"version": 3, "address": address, "protocol": "ttrpc"})
+        );
+        let dir = tempfile::tempdir().unwrap();
+        assert!(started_by_sandbox_api(dir.path()));
+        fs::write(dir.path().join("config.json"), "{}").unwrap();
+        assert!(!started_by_sandbox_api(dir.path()));
+    }
+
+    #[test]
+    fn containerd_versions_are_read_from_its_version_line() {
+        let v17 = "containerd github.com/containerd/containerd 1.7.24~ds1 1.7.24~ds1-6+deb13u1";
+        assert_eq!(parse_major_version(v17), Some(1));
+        let v21 = "containerd github.com/containerd/containerd/v2 2.1.9+unknown ";
+        assert_eq!(parse_major_version(v21), Some(2));
+        assert_eq!(parse_major_version("garbage"), None);
+        assert_eq!(containerd_major_version(""), None);
+    }
+
+    #[test]
+    fn containerd_1_7_sandbox_mode_is_refused_with_what_to_configure() {
+        let err = refuse_sandbox_api_before_2(Some(1))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sandbox_mode = \"podsandbox\""), "{err}");
+        refuse_sandbox_api_before_2(Some(2)).unwrap();
+        refuse_sandbox_api_before_2(None).unwrap();
     }
 }

@@ -15,6 +15,10 @@ use crate::{bin_dir, image, processes_mentioning};
 
 pub const RUNTIME: &str = "io.containerd.firedoor.v2";
 
+/// containerd 2.x's CRI handler for Firedoor through the Sandbox API
+/// (`sandboxer = "shim"`).
+pub const SANDBOX_API_HANDLER: &str = "firedoor-sandbox";
+
 /// Which containerd build a test runs against: Debian 12's 1.6 (the
 /// system's, in `/usr/bin`), or 1.7 / 2.1 unpacked by
 /// `scripts/containerd-builds` into `target/containerd/<version>/usr/bin`.
@@ -104,6 +108,12 @@ impl Containerd {
     /// Firedoor config file.
     pub fn start_cri_with_config(firedoor_config: &str) -> Containerd {
         Self::launch(firedoor_config, true)
+    }
+
+    /// As [`Containerd::start_cri`], on containerd `build` (2.x configs
+    /// also have the [`SANDBOX_API_HANDLER`] runtime handler).
+    pub fn start_cri_build(build: Build) -> Containerd {
+        Self::launch_build(build, "", true)
     }
 
     /// containerd `build` (whatever `FIREDOOR_CONTAINERD` says), without
@@ -423,6 +433,10 @@ fn config_toml(build: &Build, root: &Path, cri: bool) -> String {
   runtime_type = "io.containerd.runc.v2"
 [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.firedoor]
   {firedoor_runtime}
+# The same runtime through containerd's Sandbox API (no pause container).
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{SANDBOX_API_HANDLER}]
+  {firedoor_runtime}
+  sandboxer = "shim"
 [plugins."io.containerd.cri.v1.runtime".cni]
   bin_dirs = ["{root}/cni/bin"]
   conf_dir = "{root}/cni/conf"

@@ -2,7 +2,7 @@
 //! configuration applies, and the VM spec it and the first container ask
 //! for.
 
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
 
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use firedoor_hypervisor::VmSpec;
@@ -19,12 +19,12 @@ use crate::{
 const MEMORY_OVERHEAD_MIB: u32 = 128;
 
 /// The configuration for a new sandbox: containerd's runtime options when
-/// they name one, else the shim's file (`default`), then sized by the first
-/// container's annotations.
+/// they name one, else the shim's file (`default`), then sized by the
+/// pod's (or the first container's) annotations.
 pub(super) fn resolve_config(
     default: &std::result::Result<Config, String>,
     options: Option<&Any>,
-    first: &Spec,
+    annotations: &HashMap<String, String>,
 ) -> Result<Config> {
     let invalid = |e: anyhow::Error| ShimError::InvalidArgument(format!("{e:#}"));
     let from_options = options
@@ -36,18 +36,21 @@ pub(super) fn resolve_config(
         Some(config) => config,
         None => default.clone().map_err(ShimError::FailedPrecondition)?,
     };
-    let no_annotations = Default::default();
-    config
-        .with_annotations(first.annotations().as_ref().unwrap_or(&no_annotations))
-        .map_err(invalid)
+    config.with_annotations(annotations).map_err(invalid)
 }
 
-/// What the first container asks of the VM.
+/// What the first container (or, through the Sandbox API, the pod) asks of
+/// the VM.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(super) struct FirstContainer {
+pub(crate) struct FirstContainer {
     /// Its memory limit, rounded up to MiB.
     pub memory_limit_mib: Option<u32>,
     pub hostname: String,
+    /// The pod's network namespace on the host (CNI's), whose interfaces
+    /// the VM's NICs join.
+    pub netns: Option<std::path::PathBuf>,
+    /// No network namespace of its own (hostNetwork): the VM gets no NIC.
+    pub host_network: bool,
 }
 
 impl FirstContainer {
@@ -64,6 +67,8 @@ impl FirstContainer {
         FirstContainer {
             memory_limit_mib,
             hostname: first.hostname().clone().unwrap_or_default(),
+            netns: crate::network::netns_path(first),
+            host_network: crate::network::asks_for_host_network(first),
         }
     }
 }
@@ -119,24 +124,32 @@ mod tests {
         assert_eq!(first.memory_limit_mib, Some(101));
         assert_eq!(first.hostname, "web");
         assert_eq!(memory_mib(256, first.memory_limit_mib), 256 + 101 + 128);
+        assert_eq!((first.netns, first.host_network), (None, true));
         let unlimited = FirstContainer::of(&spec(r#"{"ociVersion": "1.0.2"}"#));
-        assert_eq!(unlimited, FirstContainer::default());
+        assert_eq!(unlimited.memory_limit_mib, None);
         assert_eq!(memory_mib(256, None), 256);
+        let on_cni = FirstContainer::of(&spec(
+            r#"{"ociVersion": "1.0.2", "linux": {"namespaces":
+                [{"type": "network", "path": "/var/run/netns/cni-1"}]}}"#,
+        ));
+        assert_eq!(on_cni.netns, Some("/var/run/netns/cni-1".into()));
+        assert!(!on_cni.host_network);
     }
 
     #[test]
     fn annotations_size_the_config_and_options_must_be_ours() {
         let first =
             spec(r#"{"ociVersion": "1.0.2", "annotations": {"io.firedoor.vm.vcpus": "2"}}"#);
-        let config = resolve_config(&Ok(Config::default()), None, &first).unwrap();
+        let annotations = first.annotations().clone().unwrap();
+        let config = resolve_config(&Ok(Config::default()), None, &annotations).unwrap();
         assert_eq!(config.vcpus, 2);
-        let err = resolve_config(&Err("bad file".into()), None, &first).unwrap_err();
+        let err = resolve_config(&Err("bad file".into()), None, &annotations).unwrap_err();
         assert!(matches!(err, ShimError::FailedPrecondition(_)), "{err}");
         let other = Any {
             type_url: "containerd.runc.v1.Options".into(),
             ..Default::default()
         };
-        let err = resolve_config(&Ok(Config::default()), Some(&other), &first).unwrap_err();
+        let err = resolve_config(&Ok(Config::default()), Some(&other), &annotations).unwrap_err();
         assert!(matches!(err, ShimError::InvalidArgument(_)), "{err}");
     }
 }

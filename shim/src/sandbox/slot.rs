@@ -2,6 +2,7 @@
 //! pipeline of single steps, and shut down with the last.
 
 use std::{
+    collections::HashMap,
     fs,
     path::Path,
     sync::{
@@ -14,18 +15,15 @@ use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use firedoor_hypervisor::SHARED_FS_TAG;
 use firedoor_protocol::agent::CreateSandboxRequest;
 use log::{info, warn};
-use oci_spec::runtime::Spec;
 
-use super::{
-    sizing::{self, FirstContainer},
-    space, watchers, Sandbox,
-};
+pub(crate) use super::sizing::FirstContainer;
+use super::{sizing, space, watchers, Sandbox};
 use crate::{
     backends,
     config::Config,
     error::{Result, ShimError},
     mount,
-    network::{self, PodNetwork},
+    network::PodNetwork,
 };
 
 /// What owns a sandbox slot (the Task service today; the Sandbox API
@@ -39,12 +37,15 @@ pub(crate) trait SandboxOwner: Send + Sync + 'static {
 }
 
 /// Where a sandbox comes from: the shim's default configuration, its
-/// state directory, and the first container's request.
+/// state directory, and the first container's request (or the pod's, from
+/// the Sandbox API's CreateSandbox).
 pub(crate) struct BootRequest<'a> {
     pub config: &'a std::result::Result<Config, String>,
     /// `/run/firedoor/<namespace>/<sandbox id>`.
     pub state_dir: &'a Path,
-    pub first: &'a Spec,
+    /// The annotations that size the VM (`io.firedoor.vm.*`).
+    pub annotations: &'a HashMap<String, String>,
+    pub first: FirstContainer,
     /// containerd's runtime options.
     pub options: Option<&'a Any>,
 }
@@ -92,13 +93,13 @@ impl SandboxSlot {
         if let Some(sandbox) = guard.as_ref() {
             return Ok(sandbox.clone());
         }
-        let config = sizing::resolve_config(request.config, request.options, request.first)?;
-        let first = FirstContainer::of(request.first);
+        let config = sizing::resolve_config(request.config, request.options, request.annotations)?;
+        let first = request.first;
         let unavailable =
             |e: anyhow::Error| ShimError::Unavailable(format!("starting the sandbox VM: {e:#}"));
         space::ensure_room(request.state_dir).map_err(|e| ShimError::Unavailable(e.to_string()))?;
         let mut spec = sizing::vm_spec(&config, request.state_dir, &first).map_err(unavailable)?;
-        let pod_network = attach_network(request.first).map_err(unavailable)?;
+        let pod_network = attach_network(&first).map_err(unavailable)?;
         if let Some(pod_network) = &pod_network {
             spec.nics = pod_network.vm_nics();
         }
@@ -198,9 +199,9 @@ impl SandboxSlot {
 /// The host side of the pod's network, when the first container names a
 /// host network namespace with CNI interfaces in it; `None` (a VM without
 /// NIC) otherwise.
-fn attach_network(first: &Spec) -> anyhow::Result<Option<PodNetwork>> {
-    let Some(netns) = network::netns_path(first) else {
-        if network::asks_for_host_network(first) {
+fn attach_network(first: &FirstContainer) -> anyhow::Result<Option<PodNetwork>> {
+    let Some(netns) = &first.netns else {
+        if first.host_network {
             info!(
                 "the pod has no network namespace of its own (host network): its VM gets no NIC, \
                  the VM is the pod's node"
@@ -208,7 +209,7 @@ fn attach_network(first: &Spec) -> anyhow::Result<Option<PodNetwork>> {
         }
         return Ok(None);
     };
-    let pod_network = PodNetwork::attach(&netns)?;
+    let pod_network = PodNetwork::attach(netns)?;
     if pod_network.is_empty() {
         info!(
             "{} has no interface with an IPv4 address: the VM gets no NIC",

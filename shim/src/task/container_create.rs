@@ -4,6 +4,7 @@
 //! create the container in the guest and attach its stdio.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::{atomic::AtomicBool, Arc},
 };
@@ -22,7 +23,10 @@ use crate::{
     error::{Result, ShimError},
     hooks::ContainerHooks,
     mount,
-    sandbox::{slot::BootRequest, Sandbox, SandboxSlot},
+    sandbox::{
+        slot::{BootRequest, FirstContainer},
+        Sandbox, SandboxSlot,
+    },
     spec,
     stdio::{ProcessIo, StdioPaths},
 };
@@ -48,7 +52,10 @@ pub(super) fn create(
         ));
     }
     let bundle = PathBuf::from(&req.bundle);
-    let oci = spec::load(&bundle).map_err(|e| ShimError::InvalidArgument(format!("{e:#}")))?;
+    let mut oci = spec::load(&bundle).map_err(|e| ShimError::InvalidArgument(format!("{e:#}")))?;
+    if let Some(pod) = shared.pod_namespaces.get() {
+        pod.map(id, &mut oci, |other| shared.running_init(other));
+    }
     let plan = CreatePlan::new(&shared.state_dir, id, &bundle, &oci, &req.rootfs)?;
     let stdio = StdioPaths {
         stdin: req.stdin.clone(),
@@ -63,15 +70,22 @@ pub(super) fn create(
         mount::mount_rootfs(&plan.rootfs_mounts, &plan.rootfs)?;
         pending.footprint.rootfs_mount = Some(plan.rootfs.clone());
     }
-    let sandbox = SandboxSlot::get_or_boot(
-        shared,
-        BootRequest {
-            config: &shared.config,
-            state_dir: &shared.state_dir,
-            first: &oci,
-            options: req.options.as_ref(),
-        },
-    )?;
+    let no_annotations = HashMap::new();
+    let sandbox = if shared.sandbox_api() {
+        // StartSandbox booted it; a stopped sandbox takes no containers.
+        shared.sandbox.running()?
+    } else {
+        SandboxSlot::get_or_boot(
+            shared,
+            BootRequest {
+                config: &shared.config,
+                state_dir: &shared.state_dir,
+                annotations: oci.annotations().as_ref().unwrap_or(&no_annotations),
+                first: FirstContainer::of(&oci),
+                options: req.options.as_ref(),
+            },
+        )?
+    };
     pending.sandbox = Some(sandbox.clone());
     pending.footprint.share = Some(plan.share.clone());
     for (source, name) in &plan.binds {

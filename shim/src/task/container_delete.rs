@@ -1,5 +1,6 @@
 //! Delete: forget an exited exec, or remove a container from the guest and
-//! the host; the last container takes the sandbox VM with it.
+//! the host; the last container takes the sandbox VM with it (unless the
+//! Sandbox API owns the VM).
 
 use std::sync::Arc;
 
@@ -66,7 +67,9 @@ pub(super) fn delete(shared: &Arc<Shared>, req: api::DeleteRequest) -> Result<ap
     }
     info!("deleted container {id}");
     shared.events.delete(id, response.pid, &exit);
-    if shared.containers().is_empty() {
+    // A sandbox of the Sandbox API outlives its containers (StopSandbox
+    // ends it).
+    if shared.containers().is_empty() && !shared.sandbox_api() {
         shared.sandbox.shut_down(&shared.state_dir);
     }
     Ok(response)

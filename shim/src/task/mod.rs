@@ -19,12 +19,12 @@ mod shim_lifecycle;
 
 pub use container_stats::to_metrics;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{atomic::Ordering, Arc, Mutex, MutexGuard},
+    sync::{atomic::Ordering, Arc, Mutex, MutexGuard, OnceLock},
 };
 
 use containerd_shim::{
@@ -34,16 +34,13 @@ use containerd_shim::{
 
 use firedoor_protocol::agent::StatsContainerResponse;
 
-pub use self::process::{ExitInfo, Process};
-use self::{
-    container::Container,
-    events::Events,
-    process::{Phase, VM_GONE_STATUS},
-};
+pub use self::process::{ExitInfo, Process, VM_GONE_STATUS};
+use self::{container::Container, events::Events, process::Phase};
 use crate::{
     config::Config,
     error::{Result, ShimError},
     sandbox::{SandboxOwner, SandboxSlot},
+    sandbox_api::PodNamespaces,
 };
 
 /// State shared by every request of one shim.
@@ -57,6 +54,10 @@ pub(crate) struct Shared {
     pub sandbox: SandboxSlot,
     pub containers: Mutex<HashMap<String, Container>>,
     pub exit: Arc<ExitSignal>,
+    /// Set when containerd's Sandbox API created this shim's sandbox: the
+    /// VM then lives from StartSandbox to StopSandbox (not from the first
+    /// task to the last), and the pod's shared namespaces are mapped.
+    pub pod_namespaces: OnceLock<Arc<PodNamespaces>>,
 }
 
 impl Shared {
@@ -89,6 +90,19 @@ impl Shared {
         container.execs.get(exec_id).cloned().ok_or_else(|| {
             ShimError::NotFound(format!("process {exec_id} of container {id} not found"))
         })
+    }
+
+    /// Whether the Sandbox API owns the VM (see `pod_namespaces`).
+    pub fn sandbox_api(&self) -> bool {
+        self.pod_namespaces.get().is_some()
+    }
+
+    /// The guest pid of container `id`'s init while it is created or
+    /// running.
+    pub fn running_init(&self, id: &str) -> Option<u32> {
+        let containers = self.containers();
+        let init = &containers.get(id)?.init;
+        (!matches!(init.phase(), Phase::Stopped(_)) && init.pid() != 0).then(|| init.pid())
     }
 
     /// Publishes TaskOOM for `id` unless it already went out.
@@ -150,6 +164,11 @@ impl std::fmt::Debug for TaskService {
 impl TaskService {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         TaskService { shared }
+    }
+
+    /// The state every service of this shim shares (the Sandbox API's too).
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 }
 

@@ -17,9 +17,10 @@ pub(super) fn connect(shared: &Shared, req: api::ConnectRequest) -> Result<api::
 }
 
 /// containerd asks every shim to shut down once its task is deleted; the
-/// shim of a pod keeps running while other containers remain.
+/// shim of a pod keeps running while other containers remain, and the shim
+/// of a Sandbox API sandbox until ShutdownSandbox.
 pub(super) fn shutdown(shared: &Shared, req: api::ShutdownRequest) -> Result<Empty> {
-    if !shared.containers().is_empty() && !req.now {
+    if (!shared.containers().is_empty() || shared.sandbox_api()) && !req.now {
         return Ok(Empty::default());
     }
     info!("shutting down");

@@ -25,10 +25,10 @@ use containerd_shim::{
 };
 use firedoor_protocol::{
     agent::{
-        ContainerRequest, CreateContainerRequest, CreateContainerResponse, Empty,
-        ExecProcessRequest, ExecProcessResponse, GetOOMEventRequest, OOMEvent, ProcessRequest,
-        RemoveContainerRequest, ShutdownRequest, SignalProcessRequest, StatsContainerResponse,
-        UpdateContainerRequest, WaitProcessResponse,
+        CheckRequest, CheckResponse, ContainerRequest, CreateContainerRequest,
+        CreateContainerResponse, Empty, ExecProcessRequest, ExecProcessResponse,
+        GetOOMEventRequest, OOMEvent, ProcessRequest, RemoveContainerRequest, ShutdownRequest,
+        SignalProcessRequest, StatsContainerResponse, UpdateContainerRequest, WaitProcessResponse,
     },
     agent_ttrpc::{create_agent, Agent, AgentClient},
 };
@@ -54,6 +54,8 @@ struct AgentState {
     /// Exit status per (container, exec) once the process has "exited".
     exits: HashMap<(String, String), Option<i32>>,
     calls: Vec<String>,
+    /// The OCI spec each container was created with.
+    specs: HashMap<String, Vec<u8>>,
     dead: bool,
 }
 
@@ -106,9 +108,12 @@ impl Agent for FakeAgent {
         req: CreateContainerRequest,
     ) -> Reply<CreateContainerResponse> {
         self.record(format!("create {}", req.container_id));
-        self.state()
-            .exits
-            .insert((req.container_id, String::new()), None);
+        let mut state = self.state();
+        state
+            .specs
+            .insert(req.container_id.clone(), req.oci_spec_json.clone());
+        state.exits.insert((req.container_id, String::new()), None);
+        drop(state);
         Ok(CreateContainerResponse {
             pid: self.pid(),
             ..Default::default()
@@ -223,6 +228,13 @@ impl Agent for FakeAgent {
         self.record("shutdown".into());
         Ok(Empty::default())
     }
+
+    fn check(&self, _: &TtrpcContext, _: CheckRequest) -> Reply<CheckResponse> {
+        if self.state().dead {
+            return Err(Self::gone());
+        }
+        Ok(CheckResponse::default())
+    }
 }
 
 // ---- the stand-in VM ----
@@ -324,18 +336,19 @@ impl Recorder {
 
 // ---- the harness ----
 
-struct Harness {
-    shared: Arc<Shared>,
+/// Also the Sandbox API's harness (`sandbox_api/tests.rs`).
+pub(crate) struct Harness {
+    pub(crate) shared: Arc<Shared>,
     agent: Arc<FakeAgent>,
     events: Recorder,
     lifeline: Lifeline,
-    stopped: Arc<AtomicBool>,
+    pub(crate) stopped: Arc<AtomicBool>,
     server: Option<ttrpc::Server>,
     dir: tempfile::TempDir,
 }
 
 impl Harness {
-    fn new() -> Harness {
+    pub(crate) fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("unix://{}", dir.path().join("agent.sock").display());
         let agent = Arc::new(FakeAgent::default());
@@ -374,6 +387,7 @@ impl Harness {
             sandbox: SandboxSlot::default(),
             containers: Mutex::default(),
             exit: Arc::new(ExitSignal::default()),
+            pod_namespaces: Default::default(),
         });
         SandboxSlot::install(&shared, Arc::new(sandbox));
         Harness {
@@ -390,14 +404,46 @@ impl Harness {
     /// A bundle with a config.json running `sh` and an empty rootfs at
     /// `root_path`.
     fn bundle(&self, id: &str, root_path: &str) -> String {
+        self.bundle_with(id, root_path, "[]")
+    }
+
+    /// A bundle as [`Harness::bundle`], with `namespaces` (JSON) as its
+    /// `linux.namespaces`.
+    fn bundle_with(&self, id: &str, root_path: &str, namespaces: &str) -> String {
         let bundle = self.dir.path().join(format!("bundle-{id}"));
         fs::create_dir_all(bundle.join(root_path)).unwrap();
         let config = format!(
             r#"{{"ociVersion": "1.0.2", "root": {{"path": "{root_path}"}},
-                "process": {{"user": {{"uid": 0, "gid": 0}}, "args": ["sh"], "cwd": "/"}}}}"#
+                "process": {{"user": {{"uid": 0, "gid": 0}}, "args": ["sh"], "cwd": "/"}},
+                "linux": {{"namespaces": {namespaces}}}}}"#
         );
         fs::write(bundle.join("config.json"), config).unwrap();
         bundle.display().to_string()
+    }
+
+    /// Creates container `id` with `namespaces`; returns its guest pid and
+    /// the spec the agent got.
+    pub(crate) fn create_with_namespaces(
+        &self,
+        id: &str,
+        namespaces: &str,
+    ) -> Result<(u32, oci_spec::runtime::Spec), ShimError> {
+        let pid = container_create::create(
+            &self.shared,
+            api::CreateTaskRequest {
+                id: id.into(),
+                bundle: self.bundle_with(id, "rootfs", namespaces),
+                ..Default::default()
+            },
+        )?
+        .pid;
+        let spec = self.agent.state().specs.get(id).cloned().unwrap();
+        Ok((pid, serde_json::from_slice(&spec).unwrap()))
+    }
+
+    /// What the fake agent was asked, in order.
+    pub(crate) fn agent_calls(&self) -> Vec<String> {
+        self.agent.calls()
     }
 
     fn create(&self, id: &str) -> Result<api::CreateTaskResponse, ShimError> {
@@ -411,7 +457,7 @@ impl Harness {
         )
     }
 
-    fn start(&self, id: &str, exec_id: &str) -> Result<api::StartResponse, ShimError> {
+    pub(crate) fn start(&self, id: &str, exec_id: &str) -> Result<api::StartResponse, ShimError> {
         process_start::start(
             &self.shared,
             api::StartRequest {
@@ -440,7 +486,7 @@ impl Harness {
         .map(drop)
     }
 
-    fn kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), ShimError> {
+    pub(crate) fn kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), ShimError> {
         process_kill::kill(
             &self.shared,
             api::KillRequest {
@@ -453,7 +499,7 @@ impl Harness {
         .map(drop)
     }
 
-    fn wait(&self, id: &str, exec_id: &str) -> u32 {
+    pub(crate) fn wait(&self, id: &str, exec_id: &str) -> u32 {
         process_wait::wait(
             &self.shared,
             api::WaitRequest {
@@ -466,7 +512,7 @@ impl Harness {
         .exit_status
     }
 
-    fn delete(&self, id: &str, exec_id: &str) -> Result<api::DeleteResponse, ShimError> {
+    pub(crate) fn delete(&self, id: &str, exec_id: &str) -> Result<api::DeleteResponse, ShimError> {
         container_delete::delete(
             &self.shared,
             api::DeleteRequest {
