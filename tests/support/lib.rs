@@ -4,9 +4,10 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
-use firedoor_hypervisor::VmSpec;
+use firedoor_hypervisor::{process::ManagedChild, VmSpec};
 
 pub mod containerd;
 pub mod docker;
@@ -95,4 +96,44 @@ pub fn assert_nothing_left(run_base: &Path) {
         .map(|e| e.path())
         .collect();
     assert!(leftovers.is_empty(), "files left behind: {leftovers:?}");
+}
+
+/// How a test daemon (containerd, dockerd) is waited for after its start.
+#[derive(Debug, Clone, Copy)]
+pub struct Readiness {
+    /// Named in the panic messages.
+    pub name: &'static str,
+    /// How long it may take to come up.
+    pub timeout: Duration,
+    /// How long to wait for its exit between two probes.
+    pub poll: Duration,
+}
+
+impl Readiness {
+    /// Probes `owner` with `ready` until it answers, while its daemon
+    /// (reached through `daemon`) runs; panics with `log_tail` of it if the
+    /// daemon exits first or the time runs out.
+    pub fn wait<T>(
+        &self,
+        owner: &mut T,
+        ready: impl Fn(&T) -> bool,
+        daemon: impl Fn(&mut T) -> &mut ManagedChild,
+        log_tail: impl Fn(&T) -> String,
+    ) {
+        let name = self.name;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if ready(owner) {
+                return;
+            }
+            if let Some(status) = daemon(owner).wait_timeout(self.poll).unwrap() {
+                panic!("{name} exited ({status}):\n{}", log_tail(owner));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not come up:\n{}",
+                log_tail(owner)
+            );
+        }
+    }
 }
