@@ -10,6 +10,7 @@ use std::{
 use firedoor_hypervisor::{process::ManagedChild, VmSpec};
 
 pub mod containerd;
+pub mod cri;
 pub mod docker;
 pub mod guest;
 pub mod image;
