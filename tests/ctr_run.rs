@@ -35,6 +35,12 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Asserts that `out` is a failure whose stderr names `what`.
+fn assert_fails_naming(out: &std::process::Output, what: &str) {
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains(what), "{}", text(&out.stderr));
+}
+
 /// [`run_rm`] that must succeed; returns what it printed.
 fn run_rm_ok(ctrd: &Containerd, id: &str, args: &[&str]) -> String {
     let out = run_rm(ctrd, id, args);
@@ -457,12 +463,7 @@ fn two_containers_of_a_pod_share_one_vm() {
 fn command_missing_from_the_image_fails_cleanly() {
     let ctrd = Containerd::start();
     let out = run_rm(&ctrd, "fd-nocmd", &["/bin/no-such-command"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("no-such-command"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails_naming(&out, "no-such-command");
     ctrd.assert_sandbox_gone("fd-nocmd");
 }
 
@@ -489,12 +490,7 @@ fn bad_config_json_fails_naming_the_problem() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("process.args is empty"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails_naming(&out, "process.args is empty");
     ctrd.assert_sandbox_gone("fd-badspec");
 }
 
@@ -502,12 +498,7 @@ fn bad_config_json_fails_naming_the_problem() {
 fn missing_kernel_fails_naming_the_path() {
     let ctrd = Containerd::start_with_config("kernel = \"/nonexistent/vmlinux\"\n");
     let out = run_rm(&ctrd, "fd-nokernel", &["true"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("/nonexistent/vmlinux"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails_naming(&out, "/nonexistent/vmlinux");
     ctrd.assert_sandbox_gone("fd-nokernel");
 }
 
@@ -517,12 +508,7 @@ fn guest_that_never_answers_times_out() {
         "boot_timeout_secs = 5\nkernel_params = [\"firedoor.port=3000\"]\n",
     );
     let out = run_rm(&ctrd, "fd-timeout", &["true"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("did not answer"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails_naming(&out, "did not answer");
     ctrd.assert_sandbox_gone("fd-timeout");
 }
 
