@@ -8,7 +8,7 @@ use std::{fs, io::Write, process::Stdio};
 use firedoor_tests::{
     containerd::{Containerd, RUNTIME},
     image::BUSYBOX_IMAGE,
-    processes_mentioning,
+    processes_mentioning, TTY_SIZE_SCRIPT,
 };
 
 fn run_rm(ctrd: &Containerd, id: &str, args: &[&str]) -> std::process::Output {
@@ -139,7 +139,7 @@ fn tty_gives_a_terminal_of_the_callers_size() {
     let ctrd = Containerd::start();
     // `ctr run -t` needs a terminal: give it one with script(1).
     let ctr = format!(
-        "stty rows 33 cols 101; {} --address {} run -t --runtime {RUNTIME} --rm {BUSYBOX_IMAGE} fd-tty sh -c 'stty size; tty'",
+        "stty rows 33 cols 101; {} --address {} run -t --runtime {RUNTIME} --rm {BUSYBOX_IMAGE} fd-tty sh -c '{TTY_SIZE_SCRIPT}'",
         ctrd.build().ctr().display(),
         ctrd.address().display()
     );

@@ -15,6 +15,14 @@ pub mod docker;
 pub mod guest;
 pub mod image;
 
+/// A script for a container with a terminal: prints the terminal's size
+/// once the caller's has arrived, then the terminal's name. Clients (ctr,
+/// docker) resize the terminal only after the start, so a process that asks
+/// at once may still see 0x0 (busybox's `stty size` then prints only
+/// "stty: standard input"); this waits up to 10 s for the resize instead
+/// of racing it.
+pub const TTY_SIZE_SCRIPT: &str = "i=0; until s=$(stty size 2>/dev/null); [ -n \"$s\" ] && [ \"$s\" != \"0 0\" ] || [ $i -ge 100 ]; do i=$((i+1)); sleep 0.1; done; echo \"$s\"; tty";
+
 /// The workspace root (this crate lives in `<root>/tests`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
