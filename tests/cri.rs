@@ -13,7 +13,7 @@ use firedoor_tests::{
     containerd::Containerd,
     cri::{pod_state_dir, with_pod, Cri},
     image::BUSYBOX_IMAGE,
-    processes_mentioning,
+    processes_mentioning, TTY_SIZE_SCRIPT,
 };
 use k8s_cri::v1::{
     security_profile::ProfileType, Capability, ContainerConfig, ContainerMetadata, ContainerState,
@@ -546,7 +546,7 @@ fn terminal_exec_and_stop_are_exact() {
         // given by script(1) and sized by it: the size reaches the guest.
         let exec_id = "e".repeat(64);
         let ctr = format!(
-            "stty rows 33 cols 101; /usr/bin/ctr --address {} -n k8s.io task exec -t --exec-id {exec_id} {polite} stty size",
+            "stty rows 33 cols 101; /usr/bin/ctr --address {} -n k8s.io task exec -t --exec-id {exec_id} {polite} sh -c '{TTY_SIZE_SCRIPT}'",
             ctrd.address().display()
         );
         let out = std::process::Command::new("script")
