@@ -39,7 +39,9 @@ use std::{
 
 use firedoor_benches::summary;
 use nix::{
+    sys::resource::{getrusage, UsageWho},
     sys::signal::{kill, Signal},
+    sys::time::TimeVal,
     unistd::Pid,
 };
 use test_utils::{build_elf, Asm};
@@ -117,21 +119,12 @@ fn private_kib(pid: u32) -> u64 {
 
 /// CPU time (user + system) of every waited-for child so far.
 fn children_cpu() -> Duration {
-    // SAFETY: getrusage only writes the struct it is given; all zeroes is a
-    // valid rusage.
-    let usage = unsafe {
-        let mut usage: nix::libc::rusage = std::mem::zeroed();
-        assert_eq!(
-            nix::libc::getrusage(nix::libc::RUSAGE_CHILDREN, &mut usage),
-            0
-        );
-        usage
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage(RUSAGE_CHILDREN)");
+    let tv = |t: TimeVal| {
+        Duration::from_secs(t.tv_sec().unsigned_abs())
+            + Duration::from_micros(t.tv_usec().unsigned_abs())
     };
-    let tv = |t: nix::libc::timeval| {
-        Duration::from_secs(t.tv_sec.unsigned_abs())
-            + Duration::from_micros(t.tv_usec.unsigned_abs())
-    };
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    tv(usage.user_time()) + tv(usage.system_time())
 }
 
 fn stop(mut child: Child, must_succeed: bool) {

@@ -9,36 +9,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use firedoor_tests::{containerd::Containerd, image::BUSYBOX_IMAGE, processes_mentioning};
-use hyper_util::rt::TokioIo;
-use k8s_cri::v1::{
-    runtime_service_client::RuntimeServiceClient, security_profile::ProfileType, Capability,
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, ImageSpec, Int64Value, LinuxContainerConfig,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    MountPropagation, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+use firedoor_tests::{
+    containerd::Containerd,
+    cri::{pod_state_dir, with_pod, Cri},
+    image::BUSYBOX_IMAGE,
+    processes_mentioning, TTY_SIZE_SCRIPT,
 };
-use tonic::transport::{Channel, Endpoint, Uri};
-
-type Cri = RuntimeServiceClient<Channel>;
-
-/// A CRI client on containerd's socket.
-async fn connect(socket: PathBuf) -> Cri {
-    let channel = Endpoint::try_from("http://[::]:0")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await
-        .unwrap();
-    RuntimeServiceClient::new(channel)
-}
+use k8s_cri::v1::{
+    security_profile::ProfileType, Capability, ContainerConfig, ContainerMetadata, ContainerState,
+    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec, Int64Value,
+    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, MountPropagation, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest, SecurityProfile,
+    StartContainerRequest, StopContainerRequest,
+};
 
 /// A host-network pod (no CNI here) on the `firedoor` handler.
 fn pod_config(name: &str, logs: &Path, annotations: HashMap<String, String>) -> PodSandboxConfig {
@@ -118,21 +102,10 @@ fn pod_with_two_containers_runs_in_one_vm() {
     let ctrd = Containerd::start_cri();
     let logs = ctrd.dir().join("pod-logs");
     fs::create_dir_all(&logs).unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let mut cri = connect(ctrd.address()).await;
-        let annotations = HashMap::from([("io.firedoor.vm.vcpus".to_string(), "2".to_string())]);
-        let config = pod_config("web", &logs, annotations);
-        let pod = cri
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: "firedoor".into(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd.log_tail(30)))
-            .into_inner()
-            .pod_sandbox_id;
-        let state_dir = Path::new("/run/firedoor/k8s.io").join(&pod);
+    let annotations = HashMap::from([("io.firedoor.vm.vcpus".to_string(), "2".to_string())]);
+    let config = pod_config("web", &logs, annotations);
+    with_pod(&ctrd, &config, async |cri, pod| {
+        let state_dir = pod_state_dir(pod);
         assert!(
             state_dir.is_dir(),
             "the pod's VM runs from {}",
@@ -149,7 +122,7 @@ fn pod_with_two_containers_runs_in_one_vm() {
         ] {
             let id = cri
                 .create_container(CreateContainerRequest {
-                    pod_sandbox_id: pod.clone(),
+                    pod_sandbox_id: pod.into(),
                     config: Some(container_config(name, &command)),
                     sandbox_config: Some(config.clone()),
                 })
@@ -164,8 +137,8 @@ fn pod_with_two_containers_runs_in_one_vm() {
             .unwrap();
             ids.push(id);
         }
-        assert_eq!(exit_code(&mut cri, &ids[0]).await, 3);
-        assert_eq!(exit_code(&mut cri, &ids[1]).await, 0);
+        assert_eq!(exit_code(cri, &ids[0]).await, 3);
+        assert_eq!(exit_code(cri, &ids[1]).await, 0);
         // The pod's size came from its annotation; output reached the logs.
         assert_eq!(
             log_messages(&logs.join("app.log")),
@@ -180,41 +153,7 @@ fn pod_with_two_containers_runs_in_one_vm() {
             .filter(|(_, cmd)| cmd.contains("qemu-system"))
             .count();
         assert_eq!(vmms, 1, "one VM per pod");
-
-        cri.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-        cri.remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while (state_dir.exists()
-            || !ctrd.shim_pids().is_empty()
-            || !processes_mentioning(&state_dir).is_empty())
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(!state_dir.exists(), "{} left behind", state_dir.display());
-        assert_eq!(ctrd.shim_pids(), Vec::<u32>::new(), "shim left behind");
-        assert_eq!(processes_mentioning(&state_dir), vec![]);
     });
-}
-
-/// Runs a pod on the `firedoor` handler; returns its id.
-async fn run_pod(cri: &mut Cri, ctrd: &Containerd, config: &PodSandboxConfig) -> String {
-    cri.run_pod_sandbox(RunPodSandboxRequest {
-        config: Some(config.clone()),
-        runtime_handler: "firedoor".into(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd.log_tail(30)))
-    .into_inner()
-    .pod_sandbox_id
 }
 
 /// Creates and starts a container of `pod`; returns its id.
@@ -265,27 +204,6 @@ async fn exec_sh(cri: &mut Cri, id: &str, script: &str) -> String {
     stdout
 }
 
-/// Stops and removes the pod and checks that its shim, VM and state are gone.
-async fn remove_pod(cri: &mut Cri, ctrd: &Containerd, pod: &str) {
-    cri.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod.into(),
-    })
-    .await
-    .unwrap();
-    cri.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod.into(),
-    })
-    .await
-    .unwrap();
-    let state_dir = Path::new("/run/firedoor/k8s.io").join(pod);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while (state_dir.exists() || !ctrd.shim_pids().is_empty()) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(!state_dir.exists(), "{} left behind", state_dir.display());
-    assert_eq!(ctrd.shim_pids(), Vec::<u32>::new(), "shim left behind");
-}
-
 fn with_security(
     mut config: ContainerConfig,
     security: LinuxContainerSecurityContext,
@@ -326,11 +244,8 @@ fn seccomp_and_no_new_privs_hold_for_every_process() {
                           "action": "SCMP_ACT_ERRNO"}]}"#,
     )
     .unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let mut cri = connect(ctrd.address()).await;
-        let config = pod_config("secure", &logs, HashMap::new());
-        let pod = run_pod(&mut cri, &ctrd, &config).await;
+    let config = pod_config("secure", &logs, HashMap::new());
+    with_pod(&ctrd, &config, async |cri, pod| {
         let sleeper = |name: &str, init: &str| {
             container_config(
                 name,
@@ -343,9 +258,9 @@ fn seccomp_and_no_new_privs_hold_for_every_process() {
         };
 
         let id = start_container(
-            &mut cri,
+            cri,
             &ctrd,
-            &pod,
+            pod,
             &config,
             with_security(
                 sleeper("runtime-default", "grep '^Seccomp:' /proc/self/status"),
@@ -356,16 +271,8 @@ fn seccomp_and_no_new_privs_hold_for_every_process() {
             ),
         )
         .await;
-        assert_eq!(
-            exec_sh(&mut cri, &id, "cat /tmp/init").await,
-            "Seccomp:\t2\n"
-        );
-        let exec = exec_sh(
-            &mut cri,
-            &id,
-            "grep -E '^(Seccomp|CapEff):' /proc/self/status",
-        )
-        .await;
+        assert_eq!(exec_sh(cri, &id, "cat /tmp/init").await, "Seccomp:\t2\n");
+        let exec = exec_sh(cri, &id, "grep -E '^(Seccomp|CapEff):' /proc/self/status").await;
         assert!(exec.contains("Seccomp:\t2\n"), "ExecSync: {exec}");
         // The exec'd process keeps containerd's default capabilities only.
         assert!(
@@ -375,9 +282,9 @@ fn seccomp_and_no_new_privs_hold_for_every_process() {
 
         // Denied even with CAP_SYS_ADMIN, in init and in ExecSync.
         let id = start_container(
-            &mut cri,
+            cri,
             &ctrd,
-            &pod,
+            pod,
             &config,
             with_security(
                 sleeper("localhost", CONFINEMENT),
@@ -393,13 +300,13 @@ fn seccomp_and_no_new_privs_hold_for_every_process() {
         )
         .await;
         let want = "Seccomp:\t2\nchmod denied\nhostname denied\n";
-        assert_eq!(exec_sh(&mut cri, &id, "cat /tmp/init").await, want);
-        assert_eq!(exec_sh(&mut cri, &id, CONFINEMENT).await, want);
+        assert_eq!(exec_sh(cri, &id, "cat /tmp/init").await, want);
+        assert_eq!(exec_sh(cri, &id, CONFINEMENT).await, want);
 
         let id = start_container(
-            &mut cri,
+            cri,
             &ctrd,
-            &pod,
+            pod,
             &config,
             with_security(
                 sleeper("unconfined", "grep '^Seccomp:' /proc/self/status"),
@@ -410,20 +317,17 @@ fn seccomp_and_no_new_privs_hold_for_every_process() {
             ),
         )
         .await;
-        assert_eq!(
-            exec_sh(&mut cri, &id, "cat /tmp/init").await,
-            "Seccomp:\t0\n"
-        );
-        let exec = exec_sh(&mut cri, &id, "grep '^Seccomp:' /proc/self/status").await;
+        assert_eq!(exec_sh(cri, &id, "cat /tmp/init").await, "Seccomp:\t0\n");
+        let exec = exec_sh(cri, &id, "grep '^Seccomp:' /proc/self/status").await;
         assert_eq!(exec, "Seccomp:\t0\n");
 
         // /bin/euid (setuid root) exits with its effective uid: 0, or
         // 1000 & 255 = 232 when it did not escalate.
         for (name, no_new_privs, want) in [("escalate", false, "0"), ("no-escalate", true, "232")] {
             let id = start_container(
-                &mut cri,
+                cri,
                 &ctrd,
-                &pod,
+                pod,
                 &config,
                 with_security(
                     sleeper(name, "/bin/euid; echo $?"),
@@ -437,12 +341,12 @@ fn seccomp_and_no_new_privs_hold_for_every_process() {
             )
             .await;
             assert_eq!(
-                exec_sh(&mut cri, &id, "cat /tmp/init").await.trim(),
+                exec_sh(cri, &id, "cat /tmp/init").await.trim(),
                 want,
                 "{name} init"
             );
             assert_eq!(
-                exec_sh(&mut cri, &id, "/bin/euid; echo $?").await.trim(),
+                exec_sh(cri, &id, "/bin/euid; echo $?").await.trim(),
                 want,
                 "{name} exec"
             );
@@ -451,9 +355,9 @@ fn seccomp_and_no_new_privs_hold_for_every_process() {
         // Item 9: user, group, supplementary groups, read-only rootfs,
         // masked and read-only paths.
         let id = start_container(
-            &mut cri,
+            cri,
             &ctrd,
-            &pod,
+            pod,
             &config,
             with_security(
                 container_config("identity", &["sleep", "1000000"]),
@@ -472,14 +376,13 @@ fn seccomp_and_no_new_privs_hold_for_every_process() {
         )
         .await;
         let out = exec_sh(
-            &mut cri,
+            cri,
             &id,
             "id -u; id -g; id -G; touch /x 2>/dev/null && echo rw || echo ro; \
              wc -c < /proc/timer_list; awk '$5 == \"/proc/sys\" { print substr($6, 1, 2) }' /proc/self/mountinfo",
         )
         .await;
         assert_eq!(out, "1000\n3000\n3000 4000\nro\n0\nro\n");
-        remove_pod(&mut cri, &ctrd, &pod).await;
     });
 }
 
@@ -494,39 +397,36 @@ fn pod_namespaces_and_sysctls_are_the_pods() {
     let ctrd = Containerd::start_cri();
     let logs = ctrd.dir().join("pod-logs");
     fs::create_dir_all(&logs).unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let mut cri = connect(ctrd.address()).await;
-        let mut config = pod_config("shared", &logs, HashMap::new());
-        let linux = config.linux.as_mut().unwrap();
-        linux.sysctls = HashMap::from(
-            [("kernel.shm_rmid_forced", "1"), ("kernel.msgmax", "4096")]
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-        );
-        let ns = linux
-            .security_context
-            .as_mut()
-            .unwrap()
-            .namespace_options
-            .as_mut()
-            .unwrap();
-        ns.pid = NamespaceMode::Pod as i32;
-        ns.ipc = NamespaceMode::Pod as i32;
-        let pod = run_pod(&mut cri, &ctrd, &config).await;
-        let with_pid = |name: &str, command: &[&str], pid: NamespaceMode| {
-            with_security(
-                container_config(name, command),
-                LinuxContainerSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
-                        pid: pid as i32,
-                        ipc: NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
+    let mut config = pod_config("shared", &logs, HashMap::new());
+    let linux = config.linux.as_mut().unwrap();
+    linux.sysctls = HashMap::from(
+        [("kernel.shm_rmid_forced", "1"), ("kernel.msgmax", "4096")]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let ns = linux
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap();
+    ns.pid = NamespaceMode::Pod as i32;
+    ns.ipc = NamespaceMode::Pod as i32;
+    let with_pid = |name: &str, command: &[&str], pid: NamespaceMode| {
+        with_security(
+            container_config(name, command),
+            LinuxContainerSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    pid: pid as i32,
+                    ipc: NamespaceMode::Pod as i32,
                     ..Default::default()
-                },
-            )
-        };
+                }),
+                ..Default::default()
+            },
+        )
+    };
+    with_pod(&ctrd, &config, async |cri, pod| {
         // A POSIX message queue (IPC namespace) made by one container...
         let maker = with_pid(
             "maker",
@@ -537,13 +437,13 @@ fn pod_namespaces_and_sysctls_are_the_pods() {
             ],
             NamespaceMode::Pod,
         );
-        start_container(&mut cri, &ctrd, &pod, &config, maker).await;
+        start_container(cri, &ctrd, pod, &config, maker).await;
         let viewer = with_pid("viewer", &["sleep", "1000002"], NamespaceMode::Pod);
-        let viewer = start_container(&mut cri, &ctrd, &pod, &config, viewer).await;
+        let viewer = start_container(cri, &ctrd, pod, &config, viewer).await;
         // ...is seen by another, which also sees the pod's processes (its
         // /proc/1 is the sandbox's), hostname and sysctls.
         let out = exec_sh(
-            &mut cri,
+            cri,
             &viewer,
             "ls /dev/mqueue; tr '\\0' ' ' < /proc/1/cmdline; echo; \
              ps -o args | grep -c '^sleep 100000[12]$'; hostname; \
@@ -553,34 +453,33 @@ fn pod_namespaces_and_sysctls_are_the_pods() {
         assert_eq!(out, "firedoor-q\nsleep 2147483647 \n2\nshared\n1\n4096\n");
 
         let own = with_pid("own-pid", &["sleep", "1000003"], NamespaceMode::Container);
-        let own = start_container(&mut cri, &ctrd, &pod, &config, own).await;
+        let own = start_container(cri, &ctrd, pod, &config, own).await;
         let out = exec_sh(
-            &mut cri,
+            cri,
             &own,
             "tr '\\0' ' ' < /proc/1/cmdline; echo; ps -o args | grep -c '^sleep'",
         )
         .await;
         assert_eq!(out, "sleep 1000003 \n1\n");
+    });
 
-        remove_pod(&mut cri, &ctrd, &pod).await;
-
-        // hostPID (NODE, set on the pod as the kubelet does): the guest's
-        // own PID namespace, whose PID 1 is the agent, with every process
-        // of the pod in it.
-        let mut config = pod_config("node", &logs, HashMap::new());
-        let ns = config
-            .linux
-            .as_mut()
-            .unwrap()
-            .security_context
-            .as_mut()
-            .unwrap();
-        ns.namespace_options.as_mut().unwrap().pid = NamespaceMode::Node as i32;
-        let pod = run_pod(&mut cri, &ctrd, &config).await;
+    // hostPID (NODE, set on the pod as the kubelet does): the guest's
+    // own PID namespace, whose PID 1 is the agent, with every process
+    // of the pod in it.
+    let mut config = pod_config("node", &logs, HashMap::new());
+    let ns = config
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap();
+    ns.namespace_options.as_mut().unwrap().pid = NamespaceMode::Node as i32;
+    with_pod(&ctrd, &config, async |cri, pod| {
         let node = with_pid("node-pid", &["sleep", "1000004"], NamespaceMode::Node);
-        let node = start_container(&mut cri, &ctrd, &pod, &config, node).await;
+        let node = start_container(cri, &ctrd, pod, &config, node).await;
         let out = exec_sh(
-            &mut cri,
+            cri,
             &node,
             "ps -o pid,args | grep -E '^ *1 |sleep (2147483647|1000004)$'",
         )
@@ -593,7 +492,6 @@ fn pod_namespaces_and_sysctls_are_the_pods() {
         for sleep in ["2147483647", "1000004"] {
             assert!(out.contains(&format!("sleep {sleep}")), "{sleep}: {out}");
         }
-        remove_pod(&mut cri, &ctrd, &pod).await;
     });
 }
 
@@ -620,30 +518,35 @@ fn terminal_exec_and_stop_are_exact() {
     let ctrd = Containerd::start_cri();
     let logs = ctrd.dir().join("pod-logs");
     fs::create_dir_all(&logs).unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let mut cri = connect(ctrd.address()).await;
-        let config = pod_config("stops", &logs, HashMap::new());
-        let pod = run_pod(&mut cri, &ctrd, &config).await;
+    let config = pod_config("stops", &logs, HashMap::new());
+    with_pod(&ctrd, &config, async |cri, pod| {
         let polite = container_config(
             "polite",
-            &["sh", "-c", "trap 'exit 0' TERM; touch /tmp/ready; while true; do sleep 0.1; done"],
+            &[
+                "sh",
+                "-c",
+                "trap 'exit 0' TERM; touch /tmp/ready; while true; do sleep 0.1; done",
+            ],
         );
-        let polite = start_container(&mut cri, &ctrd, &pod, &config, polite).await;
+        let polite = start_container(cri, &ctrd, pod, &config, polite).await;
         // Ignores SIGTERM (as PID 1 of a PID namespace without a handler
         // would).
         let stubborn = container_config(
             "stubborn",
-            &["sh", "-c", "trap '' TERM; touch /tmp/ready; while true; do sleep 0.1; done"],
+            &[
+                "sh",
+                "-c",
+                "trap '' TERM; touch /tmp/ready; while true; do sleep 0.1; done",
+            ],
         );
-        let stubborn = start_container(&mut cri, &ctrd, &pod, &config, stubborn).await;
+        let stubborn = start_container(cri, &ctrd, pod, &config, stubborn).await;
         assert_eq!(polite.len(), 64, "CRI ids are 64 hex characters");
 
         // A terminal exec with a 64-hex exec id, through ctr, its terminal
         // given by script(1) and sized by it: the size reaches the guest.
         let exec_id = "e".repeat(64);
         let ctr = format!(
-            "stty rows 33 cols 101; /usr/bin/ctr --address {} -n k8s.io task exec -t --exec-id {exec_id} {polite} stty size",
+            "stty rows 33 cols 101; /usr/bin/ctr --address {} -n k8s.io task exec -t --exec-id {exec_id} {polite} sh -c '{TTY_SIZE_SCRIPT}'",
             ctrd.address().display()
         );
         let out = std::process::Command::new("script")
@@ -652,7 +555,11 @@ fn terminal_exec_and_stop_are_exact() {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{ctr}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{ctr}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(text.contains("33 101"), "terminal size: {text:?}");
 
         // A failed exec: the program does not exist.
@@ -668,18 +575,18 @@ fn terminal_exec_and_stop_are_exact() {
             "{failed:?}"
         );
 
-        exec_sh(&mut cri, &polite, "test -e /tmp/ready").await;
-        let took = stop_container(&mut cri, &polite, 30).await;
+        exec_sh(cri, &polite, "test -e /tmp/ready").await;
+        let took = stop_container(cri, &polite, 30).await;
         assert!(took < Duration::from_secs(5), "SIGTERM stop took {took:?}");
-        assert_eq!(exit_code(&mut cri, &polite).await, 0);
+        assert_eq!(exit_code(cri, &polite).await, 0);
 
-        exec_sh(&mut cri, &stubborn, "test -e /tmp/ready").await;
-        let took = stop_container(&mut cri, &stubborn, 3).await;
+        exec_sh(cri, &stubborn, "test -e /tmp/ready").await;
+        let took = stop_container(cri, &stubborn, 3).await;
         assert!(
             took >= Duration::from_secs(3) && took < Duration::from_secs(8),
             "stop with a 3 s timeout took {took:?}"
         );
-        assert_eq!(exit_code(&mut cri, &stubborn).await, 128 + 9);
+        assert_eq!(exit_code(cri, &stubborn).await, 128 + 9);
         for id in [&polite, &stubborn] {
             cri.remove_container(RemoveContainerRequest {
                 container_id: id.to_string(),
@@ -689,7 +596,6 @@ fn terminal_exec_and_stop_are_exact() {
         }
         // Nothing is left running, the failed exec's process record
         // included: the shim exits with the pod.
-        remove_pod(&mut cri, &ctrd, &pod).await;
     });
 }
 
@@ -704,38 +610,35 @@ fn pod_network_namespace_takes_the_pods_net_sysctls() {
     let ctrd = Containerd::start_cri();
     let logs = ctrd.dir().join("pod-logs");
     fs::create_dir_all(&logs).unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let mut cri = connect(ctrd.address()).await;
-        let mut config = pod_config("netpod", &logs, HashMap::new());
-        let linux = config.linux.as_mut().unwrap();
-        // The pod's own network namespace (CRI's default).
-        linux.security_context = None;
-        linux.sysctls = HashMap::from([(
-            "net.ipv4.ip_local_port_range".to_string(),
-            "40000 50000".to_string(),
-        )]);
-        let pod = run_pod(&mut cri, &ctrd, &config).await;
+    let mut config = pod_config("netpod", &logs, HashMap::new());
+    let linux = config.linux.as_mut().unwrap();
+    // The pod's own network namespace (CRI's default).
+    linux.security_context = None;
+    linux.sysctls = HashMap::from([(
+        "net.ipv4.ip_local_port_range".to_string(),
+        "40000 50000".to_string(),
+    )]);
+    with_pod(&ctrd, &config, async |cri, pod| {
         let app = start_container(
-            &mut cri,
+            cri,
             &ctrd,
-            &pod,
+            pod,
             &config,
             container_config("app", &["sleep", "1000"]),
         )
         .await;
         let sidecar = start_container(
-            &mut cri,
+            cri,
             &ctrd,
-            &pod,
+            pod,
             &config,
             container_config("sidecar", &["sleep", "1000"]),
         )
         .await;
         let read = "cat /proc/sys/net/ipv4/ip_local_port_range \
                     /proc/sys/net/ipv4/ip_unprivileged_port_start; readlink /proc/self/ns/net";
-        let seen_app = exec_sh(&mut cri, &app, read).await;
-        let seen_sidecar = exec_sh(&mut cri, &sidecar, read).await;
+        let seen_app = exec_sh(cri, &app, read).await;
+        let seen_sidecar = exec_sh(cri, &sidecar, read).await;
         let lines: Vec<&str> = seen_app.lines().collect();
         assert_eq!(
             lines[0].split_whitespace().collect::<Vec<_>>(),
@@ -747,7 +650,6 @@ fn pod_network_namespace_takes_the_pods_net_sysctls() {
         // One network namespace for the pod.
         assert_eq!(seen_app, seen_sidecar, "the pod's containers share it");
         assert!(lines[2].starts_with("net:["), "{seen_app}");
-        remove_pod(&mut cri, &ctrd, &pod).await;
     });
 }
 
@@ -761,14 +663,11 @@ fn privileged_and_net_admin_containers_manage_the_network() {
     let ctrd = Containerd::start_cri();
     let logs = ctrd.dir().join("pod-logs");
     fs::create_dir_all(&logs).unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let mut cri = connect(ctrd.address()).await;
-        let mut config = pod_config("netadmin", &logs, HashMap::new());
-        // containerd admits privileged containers in privileged pods only.
-        let linux = config.linux.as_mut().unwrap();
-        linux.security_context.as_mut().unwrap().privileged = true;
-        let pod = run_pod(&mut cri, &ctrd, &config).await;
+    let mut config = pod_config("netadmin", &logs, HashMap::new());
+    // containerd admits privileged containers in privileged pods only.
+    let linux = config.linux.as_mut().unwrap();
+    linux.security_context.as_mut().unwrap().privileged = true;
+    with_pod(&ctrd, &config, async |cri, pod| {
         let setup = |n: u32| {
             format!(
                 "ip link add br{n} type bridge && ip link add vpair{n} type veth && \
@@ -785,16 +684,16 @@ fn privileged_and_net_admin_containers_manage_the_network() {
                 ..Default::default()
             },
         );
-        let privileged = start_container(&mut cri, &ctrd, &pod, &config, privileged).await;
-        assert_eq!(exec_sh(&mut cri, &privileged, &setup(0)).await, "1\n1\n");
+        let privileged = start_container(cri, &ctrd, pod, &config, privileged).await;
+        assert_eq!(exec_sh(cri, &privileged, &setup(0)).await, "1\n1\n");
         // /dev/net/tun is the guest's own (the host's entry is kept: every
         // kernel numbers it alike).
         let tap = "tunctl -t tap0 >/dev/null && ip -o link | grep -c tap0";
-        assert_eq!(exec_sh(&mut cri, &privileged, tap).await, "1\n");
+        assert_eq!(exec_sh(cri, &privileged, tap).await, "1\n");
         // The host's devices (containerd lists all of them for a privileged
         // container) are not made in the guest.
         assert!(Path::new("/dev/kvm").exists() || Path::new("/dev/vda").exists());
-        let devices = exec_sh(&mut cri, &privileged, "ls /dev").await;
+        let devices = exec_sh(cri, &privileged, "ls /dev").await;
         for host_only in ["kvm", "vda", "vhost-vsock", "loop0"] {
             assert!(
                 !devices.lines().any(|d| d == host_only),
@@ -812,9 +711,8 @@ fn privileged_and_net_admin_containers_manage_the_network() {
                 ..Default::default()
             },
         );
-        let net_admin = start_container(&mut cri, &ctrd, &pod, &config, net_admin).await;
-        assert_eq!(exec_sh(&mut cri, &net_admin, &setup(1)).await, "1\n1\n");
-        remove_pod(&mut cri, &ctrd, &pod).await;
+        let net_admin = start_container(cri, &ctrd, pod, &config, net_admin).await;
+        assert_eq!(exec_sh(cri, &net_admin, &setup(1)).await, "1\n1\n");
     });
 }
 
@@ -863,13 +761,10 @@ fn propagated_volumes_start_and_directions_are_pinned() {
     mounts.0.push(vol.clone());
     host(&["mount", "--make-shared", vol.to_str().unwrap()]);
     fs::write(vol.join("before"), "before\n").unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let mut cri = connect(ctrd.address()).await;
-        let mut config = pod_config("propagation", &logs, HashMap::new());
-        let linux = config.linux.as_mut().unwrap();
-        linux.security_context.as_mut().unwrap().privileged = true;
-        let pod = run_pod(&mut cri, &ctrd, &config).await;
+    let mut config = pod_config("propagation", &logs, HashMap::new());
+    let linux = config.linux.as_mut().unwrap();
+    linux.security_context.as_mut().unwrap().privileged = true;
+    with_pod(&ctrd, &config, async |cri, pod| {
         let with_volume = |name: &str, path: &str, propagation: MountPropagation| {
             let mut c = with_security(
                 container_config(name, &["sleep", "1000000"]),
@@ -886,31 +781,50 @@ fn propagated_volumes_start_and_directions_are_pinned() {
             }];
             c
         };
-        let slave = with_volume("slave", "/data", MountPropagation::PropagationHostToContainer);
-        let slave = start_container(&mut cri, &ctrd, &pod, &config, slave).await;
-        let shared = with_volume("shared", "/data", MountPropagation::PropagationBidirectional);
-        let shared = start_container(&mut cri, &ctrd, &pod, &config, shared).await;
+        let slave = with_volume(
+            "slave",
+            "/data",
+            MountPropagation::PropagationHostToContainer,
+        );
+        let slave = start_container(cri, &ctrd, pod, &config, slave).await;
+        let shared = with_volume(
+            "shared",
+            "/data",
+            MountPropagation::PropagationBidirectional,
+        );
+        let shared = start_container(cri, &ctrd, pod, &config, shared).await;
         for id in [&slave, &shared] {
-            assert_eq!(exec_sh(&mut cri, id, "cat /data/before").await, "before\n");
+            assert_eq!(exec_sh(cri, id, "cat /data/before").await, "before\n");
         }
 
         // Host -> container: a mount made on the host under the volume
         // after the containers started.
         let sub = vol.join("sub");
         fs::create_dir_all(&sub).unwrap();
-        host(&["mount", "-t", "tmpfs", "firedoor-test-sub", sub.to_str().unwrap()]);
+        host(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "firedoor-test-sub",
+            sub.to_str().unwrap(),
+        ]);
         mounts.0.push(sub.clone());
         fs::write(sub.join("after"), "after\n").unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let seen = exec_sh(&mut cri, &slave, "cat /data/sub/after 2>/dev/null || echo unseen").await;
+        let seen = exec_sh(
+            cri,
+            &slave,
+            "cat /data/sub/after 2>/dev/null || echo unseen",
+        )
+        .await;
         // Container -> pod and host: a mount made by the Bidirectional one.
         exec_sh(
-            &mut cri,
+            cri,
             &shared,
             "mkdir -p /data/inner && mount -t tmpfs inner /data/inner && echo inner > /data/inner/f",
         )
         .await;
-        let in_pod = exec_sh(&mut cri, &slave, "cat /data/inner/f 2>/dev/null || echo unseen").await;
+        let in_pod = exec_sh(cri, &slave, "cat /data/inner/f 2>/dev/null || echo unseen").await;
         let on_host = fs::read_to_string(vol.join("inner/f")).unwrap_or_else(|_| "unseen\n".into());
         // Pinned: host -> container works (virtiofsd and the shim's bind
         // see the host's new mount); a container's own mount reaches
@@ -918,8 +832,41 @@ fn propagated_volumes_start_and_directions_are_pinned() {
         // shared into the guest separately) nor the host (virtio-fs
         // carries files, not mounts).
         assert_eq!(seen, "after\n", "host -> container");
-        assert_eq!(in_pod, "unseen\n", "container -> the pod's other containers");
+        assert_eq!(
+            in_pod, "unseen\n",
+            "container -> the pod's other containers"
+        );
         assert_eq!(on_host, "unseen\n", "container -> host");
-        remove_pod(&mut cri, &ctrd, &pod).await;
     });
+}
+
+/// The harness's `with_pod` removes the pod even when the test in it
+/// panics: no shim, VM or state dir outlives a failed test.
+#[test]
+fn a_pod_whose_test_panics_is_removed_all_the_same() {
+    let ctrd = Containerd::start_cri();
+    let logs = ctrd.dir().join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    let config = pod_config("doomed", &logs, HashMap::new());
+    let mut seen = None;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        with_pod(&ctrd, &config, async |_, pod| {
+            seen = Some(pod.to_string());
+            panic!("a failing test (on purpose)");
+        });
+    }));
+    assert!(outcome.is_err(), "the test's panic goes on");
+    let pod = seen.expect("the test ran");
+    let state_dir = pod_state_dir(&pod);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (state_dir.exists() || !ctrd.shim_pids().is_empty()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!state_dir.exists(), "{} left behind", state_dir.display());
+    assert_eq!(ctrd.shim_pids(), Vec::<u32>::new(), "shim left behind");
+    assert_eq!(
+        processes_mentioning(&state_dir),
+        vec![],
+        "VM processes left behind"
+    );
 }

@@ -8,7 +8,7 @@ use std::{fs, io::Write, process::Stdio};
 use firedoor_tests::{
     containerd::{Containerd, RUNTIME},
     image::BUSYBOX_IMAGE,
-    processes_mentioning,
+    processes_mentioning, TTY_SIZE_SCRIPT,
 };
 
 fn run_rm(ctrd: &Containerd, id: &str, args: &[&str]) -> std::process::Output {
@@ -35,17 +35,29 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-#[test]
-fn run_rm_echo_prints_and_exits_zero() {
-    let ctrd = Containerd::start();
-    let out = run_rm(&ctrd, "fd-echo", &["echo", "hello from the microVM"]);
+/// Asserts that `out` is a failure whose stderr names `what`.
+fn assert_fails_naming(out: &std::process::Output, what: &str) {
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains(what), "{}", text(&out.stderr));
+}
+
+/// [`run_rm`] that must succeed; returns what it printed.
+fn run_rm_ok(ctrd: &Containerd, id: &str, args: &[&str]) -> String {
+    let out = run_rm(ctrd, id, args);
     assert!(
         out.status.success(),
         "{}\n{}",
         text(&out.stderr),
         ctrd.log_tail(30)
     );
-    assert_eq!(text(&out.stdout), "hello from the microVM\n");
+    text(&out.stdout)
+}
+
+#[test]
+fn run_rm_echo_prints_and_exits_zero() {
+    let ctrd = Containerd::start();
+    let out = run_rm_ok(&ctrd, "fd-echo", &["echo", "hello from the microVM"]);
+    assert_eq!(out, "hello from the microVM\n");
     ctrd.assert_sandbox_gone("fd-echo");
 }
 
@@ -58,14 +70,8 @@ fn stale_state_of_a_dead_shim_is_cleaned_up() {
     fs::create_dir_all(stale.join("vm")).unwrap();
     fs::write(stale.join("vm/console.log"), "old").unwrap();
     fs::write(stale.join("vm.pids"), "999999999\n").unwrap();
-    let out = run_rm(&ctrd, "fd-stale", &["echo", "fresh"]);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stderr),
-        ctrd.log_tail(30)
-    );
-    assert_eq!(text(&out.stdout), "fresh\n");
+    let out = run_rm_ok(&ctrd, "fd-stale", &["echo", "fresh"]);
+    assert_eq!(out, "fresh\n");
     ctrd.assert_sandbox_gone("fd-stale");
 }
 
@@ -92,15 +98,8 @@ fn large_output_arrives_whole() {
     let ctrd = Containerd::start();
     let lines = 200_000;
     let script = format!("seq 1 {lines} > /tmp/seq && cat /tmp/seq");
-    let out = run_rm(&ctrd, "fd-bigout", &["sh", "-c", &script]);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stderr),
-        ctrd.log_tail(30)
-    );
+    let got = run_rm_ok(&ctrd, "fd-bigout", &["sh", "-c", &script]);
     let want: String = (1..=lines).map(|i| format!("{i}\n")).collect();
-    let got = text(&out.stdout);
     assert_eq!(got.len(), want.len(), "bytes of output");
     assert!(got == want, "output differs from seq 1 {lines}");
     ctrd.assert_sandbox_gone("fd-bigout");
@@ -140,7 +139,7 @@ fn tty_gives_a_terminal_of_the_callers_size() {
     let ctrd = Containerd::start();
     // `ctr run -t` needs a terminal: give it one with script(1).
     let ctr = format!(
-        "stty rows 33 cols 101; {} --address {} run -t --runtime {RUNTIME} --rm {BUSYBOX_IMAGE} fd-tty sh -c 'stty size; tty'",
+        "stty rows 33 cols 101; {} --address {} run -t --runtime {RUNTIME} --rm {BUSYBOX_IMAGE} fd-tty sh -c '{TTY_SIZE_SCRIPT}'",
         ctrd.build().ctr().display(),
         ctrd.address().display()
     );
@@ -162,18 +161,11 @@ fn detached_task_exec_ps_pause_resume_metrics_kill_delete() {
     let id = "fd-detached";
     // PID 1 of a pid namespace ignores SIGTERM unless it handles it (as
     // with runc), so the init traps it.
-    ctrd.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        BUSYBOX_IMAGE,
+    ctrd.run_detached(
         id,
-        "sh",
-        "-c",
-        "trap 'exit 0' TERM; sleep 1000 & wait",
-    ]);
-    ctrd.wait_status(id, "RUNNING");
+        &[],
+        &["sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"],
+    );
     // The shim catches no SIGCHLD: nothing reaps the VM's processes behind
     // the back of the code that waits for them.
     for pid in ctrd.shim_pids() {
@@ -227,10 +219,7 @@ fn detached_task_exec_ps_pause_resume_metrics_kill_delete() {
     assert!(metric("memory.usage") > 0, "{metrics}");
     assert!(metric("cpu.usage_usec") > 0, "{metrics}");
 
-    ctrd.ctr_ok(&["task", "kill", "-s", "SIGTERM", id]);
-    ctrd.wait_status(id, "STOPPED");
-    ctrd.ctr_ok(&["task", "delete", id]);
-    ctrd.ctr_ok(&["containers", "rm", id]);
+    ctrd.kill_and_remove(id, "SIGTERM");
     ctrd.assert_sandbox_gone(id);
 }
 
@@ -241,18 +230,11 @@ fn detached_task_exec_ps_pause_resume_metrics_kill_delete() {
 fn containerd_restart_keeps_the_task_manageable() {
     let mut ctrd = Containerd::start();
     let id = "fd-restart";
-    ctrd.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        BUSYBOX_IMAGE,
+    ctrd.run_detached(
         id,
-        "sh",
-        "-c",
-        "trap 'exit 7' TERM; sleep 1000 & wait",
-    ]);
-    ctrd.wait_status(id, "RUNNING");
+        &[],
+        &["sh", "-c", "trap 'exit 7' TERM; sleep 1000 & wait"],
+    );
     let shims = ctrd.shim_pids();
     assert_eq!(shims.len(), 1, "{shims:?}");
 
@@ -450,19 +432,7 @@ fn two_containers_of_a_pod_share_one_vm() {
     let pod = "fd-pod";
     let annotation = format!("io.kubernetes.cri.sandbox-id={pod}");
     for id in [pod, "fd-pod-app"] {
-        ctrd.ctr_ok(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            "--annotation",
-            &annotation,
-            BUSYBOX_IMAGE,
-            id,
-            "sleep",
-            "1000",
-        ]);
-        ctrd.wait_status(id, "RUNNING");
+        ctrd.run_detached(id, &["--annotation", &annotation], &["sleep", "1000"]);
     }
     assert_eq!(ctrd.shim_pids().len(), 1, "one shim per pod");
     let vm_processes = processes_mentioning(&Containerd::state_dir(pod));
@@ -484,10 +454,7 @@ fn two_containers_of_a_pod_share_one_vm() {
     ]);
     assert_eq!(ps.matches("sleep 1000").count(), 1, "{ps}");
     for id in ["fd-pod-app", pod] {
-        ctrd.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
-        ctrd.wait_status(id, "STOPPED");
-        ctrd.ctr_ok(&["task", "delete", id]);
-        ctrd.ctr_ok(&["containers", "rm", id]);
+        ctrd.kill_and_remove(id, "SIGKILL");
     }
     ctrd.assert_sandbox_gone(pod);
 }
@@ -496,12 +463,7 @@ fn two_containers_of_a_pod_share_one_vm() {
 fn command_missing_from_the_image_fails_cleanly() {
     let ctrd = Containerd::start();
     let out = run_rm(&ctrd, "fd-nocmd", &["/bin/no-such-command"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("no-such-command"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails_naming(&out, "no-such-command");
     ctrd.assert_sandbox_gone("fd-nocmd");
 }
 
@@ -528,12 +490,7 @@ fn bad_config_json_fails_naming_the_problem() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("process.args is empty"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails_naming(&out, "process.args is empty");
     ctrd.assert_sandbox_gone("fd-badspec");
 }
 
@@ -541,12 +498,7 @@ fn bad_config_json_fails_naming_the_problem() {
 fn missing_kernel_fails_naming_the_path() {
     let ctrd = Containerd::start_with_config("kernel = \"/nonexistent/vmlinux\"\n");
     let out = run_rm(&ctrd, "fd-nokernel", &["true"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("/nonexistent/vmlinux"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails_naming(&out, "/nonexistent/vmlinux");
     ctrd.assert_sandbox_gone("fd-nokernel");
 }
 
@@ -556,12 +508,7 @@ fn guest_that_never_answers_times_out() {
         "boot_timeout_secs = 5\nkernel_params = [\"firedoor.port=3000\"]\n",
     );
     let out = run_rm(&ctrd, "fd-timeout", &["true"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("did not answer"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails_naming(&out, "did not answer");
     ctrd.assert_sandbox_gone("fd-timeout");
 }
 
@@ -673,4 +620,37 @@ fn virtiofsd_killed_ends_the_task_and_cleans_up() {
 #[test]
 fn vhost_device_vsock_killed_ends_the_task_and_cleans_up() {
     sandbox_process_killed_ends_the_task_and_cleans_up("vhost-device-vsock", "fd-vsockkill", true);
+}
+
+/// A test that fails leaves its tasks running; dropping the harness's
+/// containerd must still leave nothing behind: no shim, no VM process, no
+/// state dir in the host-wide /run/firedoor (it runs the shim's `delete`
+/// for the sandboxes of its own shims, as containerd would).
+#[test]
+fn dropping_the_harness_cleans_up_a_running_sandbox() {
+    let ctrd = Containerd::start();
+    let id = format!("fd-dropped-{}", std::process::id());
+    ctrd.run_detached(&id, &[], &["sleep", "1000"]);
+    let state_dir = Containerd::state_dir(&id);
+    assert!(state_dir.is_dir(), "{} while running", state_dir.display());
+    let shims = ctrd.shim_pids();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    drop(ctrd);
+    assert!(!state_dir.exists(), "{} left behind", state_dir.display());
+    // SIGKILLed processes vanish once reaped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !processes_mentioning(&state_dir).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        processes_mentioning(&state_dir),
+        vec![],
+        "VM processes left"
+    );
+    for pid in shims {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "shim {pid} left"
+        );
+    }
 }

@@ -11,6 +11,7 @@ use std::{
 use firedoor_tests::{
     containerd::{Build, Containerd, RUNTIME},
     docker::{Docker, BUSYBOX},
+    TTY_SIZE_SCRIPT,
 };
 
 fn text(bytes: &[u8]) -> String {
@@ -75,7 +76,7 @@ fn docker_run_output_exit_codes_stdin_tty_and_volumes() {
         "stty rows 31 cols 97; {} --host {} {}",
         docker.docker_path().display(),
         docker.host_arg(),
-        run_args(&["-t"], &["sh", "-c", "'stty size; tty'"]).join(" ")
+        run_args(&["-t"], &["sh", "-c", &format!("'{TTY_SIZE_SCRIPT}'")]).join(" ")
     );
     let out = Command::new("script")
         .args(["-qec", &tty, "/dev/null"])

@@ -235,6 +235,6 @@ mod tests {
             assert_eq!(Request::load(&file), Ok(request));
         }
         fs::write(dir.path().join("bad.json"), "{}").unwrap();
-        assert!(Request::load(&dir.path().join("bad.json")).is_err());
+        Request::load(&dir.path().join("bad.json")).unwrap_err();
     }
 }

@@ -217,7 +217,7 @@ fn serve(what: Serve) -> Result<ShutdownReason, BoxError> {
     let (shutdown_tx, shutdown_rx) = mpsc::channel();
     signals::spawn_handler(shutdown_tx.clone())?;
 
-    let ready_ms = uptime().as_millis() as u64;
+    let ready_ms = u64::try_from(uptime().as_millis()).unwrap_or(u64::MAX);
     if let Some(fault) = what.fault {
         warn!("fault injection armed: firedoor.fault={fault} (Firedoor's tests only)");
     }

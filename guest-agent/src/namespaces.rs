@@ -175,15 +175,17 @@ fn loopback_up() -> std::io::Result<()> {
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
+        *dst = libc::c_char::from_ne_bytes([*src]);
     }
+    let up = libc::c_short::try_from(libc::IFF_UP)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, a valid
     // ifreq that outlives the calls; the fd is an open socket.
     unsafe {
         if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        req.ifr_ifru.ifru_flags |= up;
         if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -257,6 +259,6 @@ mod tests {
             ns(LinuxNamespaceType::Pid, None),
             ns(LinuxNamespaceType::Pid, None),
         ];
-        assert!(resolve(Some(&twice), &joinable).is_err());
+        resolve(Some(&twice), &joinable).unwrap_err();
     }
 }

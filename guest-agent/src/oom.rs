@@ -15,6 +15,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use crate::cgroup::Cgroup;
 
 /// OOM kills of one container that have been queued.
+#[derive(Debug)]
 pub struct OomCounter {
     id: String,
     cgroup: Cgroup,
@@ -32,6 +33,7 @@ impl OomCounter {
     }
 }
 
+#[derive(Debug)]
 pub struct OomEvents {
     queue: Mutex<Queue>,
     ready: Condvar,
@@ -40,7 +42,7 @@ pub struct OomEvents {
 }
 
 /// Queued container ids; `closed` once the agent shuts down.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Queue {
     ids: VecDeque<String>,
     closed: bool,

@@ -25,6 +25,7 @@ pub struct SandboxPaths {
     pub etc_dir: PathBuf,
 }
 
+#[derive(Debug)]
 pub struct Sandbox {
     paths: SandboxPaths,
     /// Mounts made by CreateSandbox, in order; None before it.

@@ -20,6 +20,7 @@ type Reply<T> = ttrpc::Result<T>;
 
 /// Serves the agent API; `Shutdown` is handed to the main thread, which owns
 /// the orderly exit.
+#[derive(Debug)]
 pub struct AgentService {
     boot_to_ready_ms: u64,
     kernel_release: String,
@@ -82,7 +83,7 @@ impl Agent for AgentService {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             kernel_release: self.kernel_release.clone(),
             boot_to_ready_ms: self.boot_to_ready_ms,
-            uptime_ms: crate::uptime().as_millis() as u64,
+            uptime_ms: u64::try_from(crate::uptime().as_millis()).unwrap_or(u64::MAX),
             ..Default::default()
         })
     }
@@ -265,7 +266,9 @@ mod tests {
         server.start().unwrap();
 
         let client = AgentClient::new(ttrpc::Client::connect(&addr).unwrap());
-        let ctx = || ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
+        let ctx = || {
+            ttrpc::context::with_timeout(i64::try_from(Duration::from_secs(5).as_nanos()).unwrap())
+        };
         let reply = client.check(ctx(), &CheckRequest::default()).unwrap();
         assert_eq!(reply.agent_version, env!("CARGO_PKG_VERSION"));
         assert_eq!(reply.boot_to_ready_ms, 42);

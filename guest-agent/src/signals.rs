@@ -94,9 +94,10 @@ pub fn spawn(
 ) -> io::Result<Child> {
     let mut registry = registry();
     let child = command.spawn()?;
+    // A PID is at most pid_max (2^22): it fits an i32 as is.
     registry
         .watchers
-        .insert(child.id() as i32, Box::new(on_exit));
+        .insert(child.id().cast_signed(), Box::new(on_exit));
     Ok(child)
 }
 
@@ -191,7 +192,7 @@ mod tests {
             .args(["-c", "exit 5"])
             .spawn()
             .unwrap();
-        let pid = child.id() as i32;
+        let pid = i32::try_from(child.id()).unwrap();
         let (tx, rx) = mpsc::channel();
         loop {
             reap_children();

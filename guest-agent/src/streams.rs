@@ -32,6 +32,7 @@ use nix::{
 };
 
 /// One connected stream socket (Unix or vsock) carrying raw bytes.
+#[derive(Debug)]
 pub struct Conn(OwnedFd);
 
 impl Conn {
@@ -41,8 +42,8 @@ impl Conn {
 
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         let tv = nix::sys::time::TimeVal::new(
-            timeout.map_or(0, |t| t.as_secs() as i64),
-            timeout.map_or(0, |t| t.subsec_micros() as i64),
+            timeout.map_or(0, |t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX)),
+            timeout.map_or(0, |t| i64::from(t.subsec_micros())),
         );
         nix::sys::socket::setsockopt(&self.0, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
             .map_err(io::Error::from)
@@ -77,6 +78,7 @@ impl Write for Conn {
 }
 
 /// The agent's listener for stream connections.
+#[derive(Debug)]
 pub enum Listener {
     Unix(UnixListener),
     Vsock(OwnedFd),
@@ -120,6 +122,7 @@ impl Listener {
 }
 
 /// The process's ends of its stdio, handed to the runtime helper.
+#[derive(Debug)]
 pub struct ProcessSide {
     pub stdin: File,
     pub stdout: File,
@@ -127,6 +130,7 @@ pub struct ProcessSide {
 }
 
 /// A process's streams on the agent side.
+#[derive(Debug)]
 pub struct Streams {
     pending: Mutex<[Option<File>; 3]>,
     terminal: Mutex<Option<File>>,
@@ -355,6 +359,7 @@ fn pump_in(mut conn: Conn, mut dst: File, close: OwnedFd) {
 }
 
 /// Listens at `path` for the pty master a container's runtime sends.
+#[derive(Debug)]
 pub struct ConsoleSocket {
     listener: UnixListener,
 }

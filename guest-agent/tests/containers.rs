@@ -24,7 +24,7 @@ use ttrpc::Code;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(TIMEOUT.as_nanos() as i64)
+    ttrpc::context::with_timeout(i64::try_from(TIMEOUT.as_nanos()).unwrap())
 }
 
 /// The host's cgroup2 mount (the unified hierarchy, also on hybrid hosts).
@@ -173,7 +173,7 @@ impl Agent {
         let req = SignalProcessRequest {
             container_id: id.into(),
             exec_id: exec_id.into(),
-            signal: signal as u32,
+            signal: u32::try_from(signal).unwrap(),
             ..Default::default()
         };
         self.client.signal_process(ctx(), &req).unwrap();

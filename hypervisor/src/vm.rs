@@ -202,11 +202,21 @@ impl MicroVm {
 
     /// Ends the VM: waits up to `grace` for the guest to finish on its own
     /// (the caller has asked the agent to shut down), then kills the VMM and
-    /// stops the helpers. Returns the VMM's exit status and whether it had to
+    /// stops the helpers; a zero `grace` kills the VMM at once. Returns the VMM's exit status and whether it had to
     /// be killed. The run directory goes when the `MicroVm` is dropped.
     pub fn stop(&mut self, grace: Duration) -> Result<(ExitStatus, bool)> {
         let (status, killed) = match self.wait_exit(grace)? {
             Some(status) => (status, false),
+            None if grace.is_zero() => {
+                // A caller that gives no grace wants the VM gone now (its
+                // helper died, say): nothing went wrong here.
+                info!(
+                    "{} (pid {}): killing it at once, as asked (no grace period)",
+                    self.vmm.name(),
+                    self.vmm.pid()
+                );
+                (self.vmm.kill().context(|| "killing the VMM".into())?, true)
+            }
             None => {
                 warn!(
                     "{} (pid {}) still running {grace:?} after shutdown; killing it; \

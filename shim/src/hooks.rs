@@ -199,12 +199,25 @@ fn run_one(phase: &'static str, hook: &Hook, state: &[u8]) -> Result<(), HookErr
     let mut child = cmd
         .spawn()
         .map_err(|e| fail(format!("cannot start: {e}")))?;
+    // Opened before anyone can reap the child, the pidfd names exactly this
+    // process: the kill on timeout can never hit a reused PID, even when the
+    // waiting thread reaps the hook just as the timeout expires.
+    let pidfd = match rustix::process::pidfd_open(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::PidfdFlags::empty(),
+    ) {
+        Ok(pidfd) => pidfd,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail(format!("cannot watch it (pidfd_open): {e}")));
+        }
+    };
     // A hook that does not read its stdin must not block us: the state is
     // small (one pipe buffer), and a write error just means it did not read.
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(state);
     }
-    let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
@@ -212,12 +225,8 @@ fn run_one(phase: &'static str, hook: &Hook, state: &[u8]) -> Result<(), HookErr
     let output = match rx.recv_timeout(timeout) {
         Ok(result) => result.map_err(|e| fail(format!("waiting for it: {e}")))?,
         Err(_) => {
-            // SIGKILL by PID: the child is not reaped until the waiting
-            // thread collects it, so the PID cannot have been reused.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid.cast_signed()),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            // ESRCH: it ended after all, and the waiting thread reaps it.
+            let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
             return Err(fail(format!("still running after {timeout:?}; killed")));
         }
     };

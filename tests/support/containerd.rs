@@ -11,7 +11,7 @@ use std::{
 
 use firedoor_hypervisor::process::ManagedChild;
 
-use crate::{bin_dir, image, processes_mentioning};
+use crate::{bin_dir, image, processes_mentioning, Readiness};
 
 pub const RUNTIME: &str = "io.containerd.firedoor.v2";
 
@@ -200,21 +200,17 @@ impl Containerd {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.ctr(&["version"]).status.success() {
-                return;
-            }
-            let daemon = self.daemon.as_mut().unwrap();
-            if let Some(status) = daemon.wait_timeout(Duration::from_millis(100)).unwrap() {
-                panic!("containerd exited ({status}):\n{}", self.log_tail(30));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not come up:\n{}",
-                self.log_tail(30)
-            );
-        }
+        let readiness = Readiness {
+            name: "containerd",
+            timeout: Duration::from_secs(30),
+            poll: Duration::from_millis(100),
+        };
+        readiness.wait(
+            self,
+            |c| c.ctr(&["version"]).status.success(),
+            |c| c.daemon.as_mut().unwrap(),
+            |c| c.log_tail(30),
+        );
     }
 
     /// containerd's own PID.
@@ -278,6 +274,26 @@ impl Containerd {
         Path::new("/run/firedoor/default").join(id)
     }
 
+    /// `ctr run -d` on Firedoor of `command` as container `id`, with `flags`
+    /// before the image; returns once the task runs.
+    pub fn run_detached(&self, id: &str, flags: &[&str], command: &[&str]) {
+        let mut args = vec!["run", "-d", "--runtime", RUNTIME];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[image::BUSYBOX_IMAGE, id]);
+        args.extend_from_slice(command);
+        self.ctr_ok(&args);
+        self.wait_status(id, "RUNNING");
+    }
+
+    /// Sends `signal` to task `id`, waits until it stopped, then deletes the
+    /// task and its container.
+    pub fn kill_and_remove(&self, id: &str, signal: &str) {
+        self.ctr_ok(&["task", "kill", "-s", signal, id]);
+        self.wait_status(id, "STOPPED");
+        self.ctr_ok(&["task", "delete", id]);
+        self.ctr_ok(&["containers", "rm", id]);
+    }
+
     /// Waits (up to 120 s) until `ctr task ls` shows task `id` as `want`.
     pub fn wait_status(&self, id: &str, want: &str) {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -323,11 +339,59 @@ impl Containerd {
     /// Shim processes serving this containerd (their command line names
     /// its socket).
     pub fn shim_pids(&self) -> Vec<u32> {
+        self.shims().into_iter().map(|shim| shim.pid).collect()
+    }
+
+    /// The shims serving this containerd, with the sandbox each serves.
+    fn shims(&self) -> Vec<Shim> {
         processes_mentioning(&self.address())
             .into_iter()
             .filter(|(_, cmdline)| cmdline.contains("containerd-shim-firedoor-v2"))
-            .map(|(pid, _)| pid)
+            .map(|(pid, cmdline)| {
+                let args: Vec<&str> = cmdline.split_whitespace().collect();
+                let flag = |name: &str| {
+                    args.windows(2)
+                        .find(|w| w[0] == name)
+                        .map(|w| w[1].to_string())
+                };
+                Shim {
+                    pid,
+                    namespace: flag("-namespace"),
+                    id: flag("-id"),
+                }
+            })
             .collect()
+    }
+
+    /// What containerd runs after a shim died: `shim delete` of sandbox
+    /// `id` in `namespace`, from its bundle, which stops what the shim left
+    /// and removes its state dir.
+    fn shim_delete(&self, namespace: &str, id: &str) {
+        let bundle = self
+            .dir
+            .path()
+            .join("state/io.containerd.runtime.v2.task")
+            .join(namespace)
+            .join(id);
+        let cwd = if bundle.is_dir() {
+            bundle
+        } else {
+            self.dir.path().to_owned()
+        };
+        let address = self.address();
+        let _ = Command::new(bin_dir().join("containerd-shim-firedoor-v2"))
+            .args(["-namespace", namespace, "-id", id, "-address"])
+            .arg(&address)
+            .arg("-publish-binary")
+            .arg(self.build.ctr())
+            .arg("delete")
+            .env("TTRPC_ADDRESS", format!("{}.ttrpc", address.display()))
+            .env("FIREDOOR_CONFIG", self.dir.path().join("firedoor.toml"))
+            .current_dir(cwd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
@@ -465,18 +529,43 @@ state = "{root}/state"
     )
 }
 
+/// A shim process and the sandbox it serves (from its command line).
+#[derive(Debug)]
+struct Shim {
+    pid: u32,
+    namespace: Option<String>,
+    id: Option<String>,
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // Shims outlive containerd on purpose; ours must not outlive the test.
-        let leftovers = self.shim_pids();
+        // Shims outlive containerd on purpose; ours must not outlive the
+        // test, nor their state dirs in the host-wide /run/firedoor (a
+        // failed test leaves both).
+        let leftovers = self.shims();
         if let Some(mut daemon) = self.daemon.take() {
             let _ = daemon.terminate(Duration::from_secs(10));
         }
-        for pid in leftovers {
+        for shim in &leftovers {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid.cast_signed()),
+                nix::unistd::Pid::from_raw(shim.pid.cast_signed()),
                 nix::sys::signal::Signal::SIGKILL,
             );
+        }
+        // Then clean up after them as containerd would; only the sandboxes
+        // this containerd's shims served.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while leftovers
+            .iter()
+            .any(|shim| Path::new(&format!("/proc/{}", shim.pid)).exists())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for shim in &leftovers {
+            if let (Some(namespace), Some(id)) = (&shim.namespace, &shim.id) {
+                self.shim_delete(namespace, id);
+            }
         }
         // Snapshot mounts under our root.
         let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

@@ -7,12 +7,12 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Command, Output},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use firedoor_hypervisor::process::ManagedChild;
 
-use crate::{containerd::Containerd, image, workspace_root};
+use crate::{containerd::Containerd, image, workspace_root, Readiness};
 
 /// The test image as Docker names it (`docker load` of the busybox image).
 pub const BUSYBOX: &str = "busybox:firedoor-test";
@@ -76,21 +76,17 @@ impl Docker {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if self.docker(&["version"]).status.success() {
-                return;
-            }
-            let daemon = self.daemon.as_mut().unwrap();
-            if let Some(status) = daemon.wait_timeout(Duration::from_millis(200)).unwrap() {
-                panic!("dockerd exited ({status}):\n{}", self.log_tail(30));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "dockerd did not come up:\n{}",
-                self.log_tail(30)
-            );
-        }
+        let readiness = Readiness {
+            name: "dockerd",
+            timeout: Duration::from_secs(60),
+            poll: Duration::from_millis(200),
+        };
+        readiness.wait(
+            self,
+            |d| d.docker(&["version"]).status.success(),
+            |d| d.daemon.as_mut().unwrap(),
+            |d| d.log_tail(30),
+        );
     }
 
     /// `docker -H <ours> ARGS`.

@@ -4,14 +4,24 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
-use firedoor_hypervisor::VmSpec;
+use firedoor_hypervisor::{process::ManagedChild, VmSpec};
 
 pub mod containerd;
+pub mod cri;
 pub mod docker;
 pub mod guest;
 pub mod image;
+
+/// A script for a container with a terminal: prints the terminal's size
+/// once the caller's has arrived, then the terminal's name. Clients (ctr,
+/// docker) resize the terminal only after the start, so a process that asks
+/// at once may still see 0x0 (busybox's `stty size` then prints only
+/// "stty: standard input"); this waits up to 10 s for the resize instead
+/// of racing it.
+pub const TTY_SIZE_SCRIPT: &str = "i=0; until s=$(stty size 2>/dev/null); [ -n \"$s\" ] && [ \"$s\" != \"0 0\" ] || [ $i -ge 100 ]; do i=$((i+1)); sleep 0.1; done; echo \"$s\"; tty";
 
 /// The workspace root (this crate lives in `<root>/tests`).
 pub fn workspace_root() -> PathBuf {
@@ -95,4 +105,44 @@ pub fn assert_nothing_left(run_base: &Path) {
         .map(|e| e.path())
         .collect();
     assert!(leftovers.is_empty(), "files left behind: {leftovers:?}");
+}
+
+/// How a test daemon (containerd, dockerd) is waited for after its start.
+#[derive(Debug, Clone, Copy)]
+pub struct Readiness {
+    /// Named in the panic messages.
+    pub name: &'static str,
+    /// How long it may take to come up.
+    pub timeout: Duration,
+    /// How long to wait for its exit between two probes.
+    pub poll: Duration,
+}
+
+impl Readiness {
+    /// Probes `owner` with `ready` until it answers, while its daemon
+    /// (reached through `daemon`) runs; panics with `log_tail` of it if the
+    /// daemon exits first or the time runs out.
+    pub fn wait<T>(
+        &self,
+        owner: &mut T,
+        ready: impl Fn(&T) -> bool,
+        daemon: impl Fn(&mut T) -> &mut ManagedChild,
+        log_tail: impl Fn(&T) -> String,
+    ) {
+        let name = self.name;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if ready(owner) {
+                return;
+            }
+            if let Some(status) = daemon(owner).wait_timeout(self.poll).unwrap() {
+                panic!("{name} exited ({status}):\n{}", log_tail(owner));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not come up:\n{}",
+                log_tail(owner)
+            );
+        }
+    }
 }

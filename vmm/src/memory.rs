@@ -6,7 +6,9 @@ use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::sync::Arc;
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{
+    Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
+};
 
 /// The guest memory type used by the whole VMM (no dirty-page bitmap).
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
@@ -194,6 +196,18 @@ pub fn low_memory_end(mem: &GuestMemoryMmap) -> u64 {
         .filter(|end| *end <= MMIO_GAP_START)
         .max()
         .unwrap_or(0)
+}
+
+/// Where `len` bytes of guest memory at `addr` are mapped in this process,
+/// if they lie entirely inside one memory region (regions are mapped
+/// separately: a range straddling two has no single host address).
+pub fn host_range(mem: &GuestMemoryMmap, addr: GuestAddress, len: u64) -> Option<*mut u8> {
+    let region = mem.find_region(addr)?;
+    let offset = addr.checked_offset_from(region.start_addr())?;
+    if offset.checked_add(len)? > region.len() {
+        return None;
+    }
+    region.get_host_address(MemoryRegionAddress(offset)).ok()
 }
 
 #[cfg(test)]

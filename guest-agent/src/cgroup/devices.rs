@@ -302,7 +302,13 @@ impl Insn {
     /// if (u32)dst != imm: skip `off` instructions. The 32-bit compare keeps
     /// device numbers above i32::MAX from being sign-extended.
     fn jne32_imm(dst: u8, imm: u32, off: i16) -> Insn {
-        Insn::new(CLASS_JMP32 | JMP_JNE | SRC_K, dst, 0, off, imm as i32)
+        Insn::new(
+            CLASS_JMP32 | JMP_JNE | SRC_K,
+            dst,
+            0,
+            off,
+            imm.cast_signed(),
+        )
     }
 
     fn jeq_imm(dst: u8, imm: i32, off: i16) -> Insn {
@@ -345,14 +351,16 @@ pub fn compile(rules: &[DeviceRule]) -> Vec<Insn> {
         .collect();
         // A failed check skips the remaining checks and the update.
         for (i, &(reg, value)) in checks.iter().enumerate() {
+            // At most three checks: the skip fits any offset.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
             let skip = (checks.len() - i) as i16;
             program.push(Insn::jne32_imm(reg, value, skip));
         }
         program.push(if rule.allow {
-            Insn::alu64_imm(ALU_OR, R_ALLOWED, rule.access as i32)
+            Insn::alu64_imm(ALU_OR, R_ALLOWED, rule.access.cast_signed())
         } else {
             // Sign extension of !access keeps every other bit set.
-            Insn::alu64_imm(ALU_AND, R_ALLOWED, !rule.access as i32)
+            Insn::alu64_imm(ALU_AND, R_ALLOWED, (!rule.access).cast_signed())
         });
     }
     program.extend([
@@ -406,16 +414,11 @@ struct ProgAttachAttr {
 /// pointer in it valid for the kernel to read (or write, for a log buffer)
 /// for the call's duration.
 unsafe fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
+    let size = libc::c_uint::try_from(std::mem::size_of::<T>())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: the caller guarantees `attr` matches `cmd`; the size passed is
     // that of `attr`, so the kernel reads no further.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T,
-            std::mem::size_of::<T>() as libc::c_uint,
-        )
-    };
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size) };
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -432,14 +435,19 @@ fn load(program: &[Insn]) -> Result<OwnedFd, DeviceFilterError> {
     let license = CString::new("Apache-2.0").expect("no NUL");
     let mut name = [0u8; 16];
     name[..b"firedoor_dev".len()].copy_from_slice(b"firedoor_dev");
+    let too_long = |_| io::Error::from(io::ErrorKind::InvalidInput);
     let try_load = |log: Option<&mut Vec<u8>>| {
         let (log_level, log_size, log_buf) = match log {
-            Some(buf) => (1, buf.len() as u32, buf.as_mut_ptr() as u64),
+            Some(buf) => (
+                1,
+                u32::try_from(buf.len()).map_err(too_long)?,
+                buf.as_mut_ptr() as u64,
+            ),
             None => (0, 0, 0),
         };
         let mut attr = ProgLoadAttr {
             prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
-            insn_cnt: program.len() as u32,
+            insn_cnt: u32::try_from(program.len()).map_err(too_long)?,
             insns: program.as_ptr() as u64,
             license: license.as_ptr() as u64,
             log_level,
@@ -452,8 +460,11 @@ fn load(program: &[Insn]) -> Result<OwnedFd, DeviceFilterError> {
         // SAFETY: `attr` is BPF_PROG_LOAD's layout; `program`, `license` and
         // the log buffer outlive the call and the sizes given are theirs.
         let fd = unsafe { bpf(BPF_PROG_LOAD, &mut attr) }?;
+        // A descriptor is a c_int; the syscall returns it as a c_long.
+        let fd =
+            libc::c_int::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
         // SAFETY: on success BPF_PROG_LOAD returns a new fd that we own.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     };
     try_load(None).or_else(|source: io::Error| {
         // Load again with the verifier's log so the error says why.
@@ -504,15 +515,16 @@ impl DeviceFilter {
             source,
         })?;
         let mut attr = ProgAttachAttr {
-            target_fd: dir.as_raw_fd() as u32,
-            attach_bpf_fd: program.as_raw_fd() as u32,
+            // The kernel's u32 fields hold the (non-negative) fds as is.
+            target_fd: dir.as_raw_fd().cast_unsigned(),
+            attach_bpf_fd: program.as_raw_fd().cast_unsigned(),
             attach_type: BPF_CGROUP_DEVICE,
             attach_flags: BPF_F_ALLOW_MULTI,
             replace_bpf_fd: 0,
         };
         if let Some(previous) = previous {
             attr.attach_flags |= BPF_F_REPLACE;
-            attr.replace_bpf_fd = previous.program.as_raw_fd() as u32;
+            attr.replace_bpf_fd = previous.program.as_raw_fd().cast_unsigned();
         }
         // SAFETY: `attr` is BPF_PROG_ATTACH's layout and holds only fds that
         // stay open for the call.
@@ -553,7 +565,7 @@ mod tests {
             let operand = if insn.code & 0x08 != 0 {
                 reg[src]
             } else {
-                insn.imm as i64 as u64
+                i64::from(insn.imm).cast_unsigned()
             };
             pc += 1;
             match class {
@@ -563,7 +575,7 @@ mod tests {
                         (0x61, 1),
                         "only u32 loads from the context"
                     );
-                    let off = insn.off as usize;
+                    let off = usize::try_from(insn.off).expect("a context offset");
                     assert!(off.is_multiple_of(4) && off < 12, "context offset {off}");
                     reg[dst] = u64::from(ctx[off / 4]);
                 }
@@ -596,7 +608,9 @@ mod tests {
                         op => panic!("jump op {op:#x}"),
                     };
                     if taken {
-                        pc = (pc as i64 + i64::from(insn.off)) as usize;
+                        pc = pc
+                            .checked_add_signed(isize::from(insn.off))
+                            .expect("a jump inside the program");
                     }
                 }
                 _ => panic!("instruction class {class:#x}"),

@@ -55,7 +55,8 @@ impl Runtime {
         let result = self.create_in(id, &spec, &dir, &cgroup, streams, terminal);
         match result {
             Ok(container) => {
-                let pid = container.init.pid as u32;
+                // The PID of a process that started is positive.
+                let pid = container.init.pid.cast_unsigned();
                 lock(&self.containers).insert(id.into(), container);
                 info!("created container {id} (init pid {pid})");
                 Ok(pid)

@@ -54,6 +54,7 @@ impl Runtime {
         lock(&container.execs).insert(exec_id.into(), process.clone());
         signals::watch(pid, move |exit| process.set_exit(exit));
         info!("{what}: pid {pid}");
-        Ok(pid as u32)
+        // The PID of a process that started is positive.
+        Ok(pid.cast_unsigned())
     }
 }

@@ -63,6 +63,7 @@ pub struct Options {
     pub pod_netns: PathBuf,
 }
 
+#[derive(Debug)]
 pub struct Container {
     id: String,
     cgroup: Cgroup,
@@ -104,6 +105,7 @@ impl Container {
     }
 }
 
+#[derive(Debug)]
 pub struct Runtime {
     opts: Options,
     containers: Mutex<HashMap<String, Arc<Container>>>,
@@ -290,7 +292,7 @@ impl Runtime {
         let nanos = exit
             .at
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64);
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         Ok((exit.status, nanos))
     }
 
@@ -461,7 +463,7 @@ mod tests {
     #[test]
     fn ids_and_stdio_flags() {
         let hex = "a".repeat(64);
-        assert!(check_id("container_id", &hex).is_ok());
+        check_id("container_id", &hex).unwrap();
         for bad in ["", ".hidden", "a/b", &"x".repeat(129)] {
             let err = check_id("exec_id", bad).unwrap_err();
             assert!(matches!(err, AgentError::InvalidArgument(_)), "{bad:?}");

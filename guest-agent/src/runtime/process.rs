@@ -8,6 +8,7 @@ use std::{
 use super::lock;
 use crate::{signals::Exit, streams::Streams};
 
+#[derive(Debug)]
 pub struct Process {
     pub(super) pid: i32,
     pub(super) exit: Mutex<Option<Exit>>,

@@ -18,18 +18,14 @@ use std::os::raw::c_void;
 use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use log::{debug, error};
+use log::debug;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{
-    Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
-};
+use virtio_queue::{DescriptorChain, Queue};
+use vm_memory::GuestAddress;
 
-use super::{
-    read_config_bytes, ActivateError, VirtioCommon, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1,
-};
-use crate::memory::{GuestMemoryMmap, MemoryBacking};
+use super::common::common_accessors;
+use super::{ActivateError, VirtioCommon, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use crate::memory::{host_range, GuestMemoryMmap, MemoryBacking};
 
 /// `VIRTIO_BALLOON_F_REPORTING` (virtio 1.2, 5.5.3).
 pub const VIRTIO_BALLOON_F_REPORTING: u64 = 1 << 5;
@@ -43,20 +39,13 @@ const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
 /// The host page: discards are rounded inwards to it.
 const PAGE: u64 = 4096;
 
-#[derive(Debug)]
-struct Active {
-    mem: GuestMemoryMmap,
-    queues: Vec<Queue>,
-}
-
 /// The virtio-balloon device.
 #[derive(Debug)]
 pub struct Balloon {
-    /// struct virtio_balloon_config: num_pages, actual (LE u32 each).
-    config: [u8; 8],
     advice: libc::c_int,
+    /// Its configuration space is `struct virtio_balloon_config`:
+    /// num_pages, actual (LE u32 each).
     common: VirtioCommon,
-    active: Option<Active>,
     /// Bytes handed back to the host so far.
     discarded: u64,
 }
@@ -69,15 +58,15 @@ impl Balloon {
             MemoryBacking::SharedMemfd | MemoryBacking::HugePages => libc::MADV_REMOVE,
         };
         Ok(Self {
-            config: [0; 8],
             advice,
             common: VirtioCommon::new(
+                VIRTIO_ID_BALLOON,
                 "virtio-balloon",
                 &QUEUE_SIZES,
                 VIRTIO_F_VERSION_1 | VIRTIO_BALLOON_F_REPORTING,
                 interrupt,
-            )?,
-            active: None,
+            )?
+            .with_config([0; 8]),
             discarded: 0,
         })
     }
@@ -90,27 +79,12 @@ impl Balloon {
     /// Returns every buffer of queue `index`; on the reporting queue, after
     /// discarding the ranges it names.
     pub fn process_queue(&mut self, index: usize) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        let mem = &active.mem;
-        let Some(queue) = active.queues.get_mut(index).filter(|q| q.ready()) else {
-            return;
-        };
-        let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
+        self.common.serve_queue(index, |mem, chain| {
             if index == REPORTING_QUEUE {
                 self.discarded += discard_ranges(mem, chain, self.advice);
             }
-            if let Err(e) = queue.add_used(mem, head, 0) {
-                error!("virtio-balloon: cannot return a buffer: {e}");
-            }
-            used = true;
-        }
-        if used {
-            self.common.interrupt().signal_used_queue();
-        }
+            0
+        });
     }
 }
 
@@ -144,7 +118,7 @@ fn discard_ranges(
         // pointers, never Rust references, so discarding pages under them
         // is sound for the host; the guest reported the pages free, and a
         // guest that lies only loses its own data.
-        let ret = unsafe { libc::madvise(host as *mut c_void, len, advice) };
+        let ret = unsafe { libc::madvise(host.cast::<c_void>(), len, advice) };
         if ret == 0 {
             total += end - start;
         } else {
@@ -157,41 +131,13 @@ fn discard_ranges(
     total
 }
 
-/// The address in this process of `len` bytes of guest memory at `addr`,
-/// if they lie entirely inside one memory region.
-fn host_range(mem: &GuestMemoryMmap, addr: GuestAddress, len: u64) -> Option<usize> {
-    let region = mem.find_region(addr)?;
-    let offset = addr.checked_offset_from(region.start_addr())?;
-    if offset.checked_add(len)? > region.len() {
-        return None;
-    }
-    region
-        .get_host_address(MemoryRegionAddress(offset))
-        .ok()
-        .map(|p| p as usize)
-}
-
 impl VirtioDevice for Balloon {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_BALLOON
-    }
-
-    fn common(&self) -> &VirtioCommon {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut VirtioCommon {
-        &mut self.common
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
-    }
+    common_accessors!();
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Only `actual` (offset 4) is the driver's to write.
         if offset == 4 && data.len() == 4 {
-            self.config[4..8].copy_from_slice(data);
+            self.common.config_mut()[4..8].copy_from_slice(data);
         } else {
             debug!(
                 "virtio-balloon: ignored {}-byte config write at {offset:#x}",
@@ -204,28 +150,14 @@ impl VirtioDevice for Balloon {
         // The reporting queue exists only when REPORTING was negotiated:
         // the first two must be ready, the third only then.
         let reporting = self.common.acked_features() & VIRTIO_BALLOON_F_REPORTING != 0;
-        let needed = if reporting { 3 } else { 2 };
-        if queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount {
-                expected: QUEUE_SIZES.len(),
-                got: queues.len(),
-            });
-        }
-        if let Some(i) = queues[..needed]
-            .iter()
-            .position(|q| !q.ready() || !q.is_valid(&mem))
-        {
-            return Err(ActivateError::InvalidQueue(i));
-        }
-        self.active = Some(Active { mem, queues });
-        self.common.kick_all_queues();
-        Ok(())
+        let required = if reporting { 3 } else { 2 };
+        self.common.activate_first(mem, queues, required)
     }
 
     fn reset(&mut self) {
-        self.active = None;
+        self.common.deactivate();
         self.common.reset_features();
-        self.config[4..8].fill(0);
+        self.common.config_mut()[4..8].fill(0);
     }
 }
 
@@ -235,11 +167,8 @@ impl MutEventSubscriber for Balloon {
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let index = events.data();
-        if self.common.consume_queue_event(index) {
-            if let Ok(queue) = usize::try_from(index) {
-                self.process_queue(queue);
-            }
+        if let Some(queue) = self.common.consume_queue_event(events.data()) {
+            self.process_queue(queue);
         }
     }
 }
@@ -248,46 +177,32 @@ impl MutEventSubscriber for Balloon {
 #[allow(clippy::cast_possible_truncation)]
 #[cfg(test)]
 mod tests {
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::QueueT;
     use vm_memory::Bytes;
-    use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
+    use crate::devices::virtio::test_queues::{
+        activate_with_mock_queues, add_chain, interrupt, mock_queues,
+    };
     use crate::memory::create_guest_memory;
 
     const W: u16 = VRING_DESC_F_WRITE as u16;
 
     fn device() -> Balloon {
-        let irq = Arc::new(VirtioInterrupt::new(
-            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        ));
+        let irq = interrupt();
         Balloon::new(MemoryBacking::Private, irq).unwrap()
     }
 
-    fn add_chain(vq: &MockSplitQueue<GuestMemoryMmap>, first: u16, descs: &[(u64, u32, u16)]) {
-        let raw: Vec<_> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, flags))| {
-                let last = i + 1 == descs.len();
-                let flags = if last {
-                    flags
-                } else {
-                    flags | VRING_DESC_F_NEXT as u16
-                };
-                let next = if last { 0 } else { first + i as u16 + 1 };
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-            })
-            .collect();
-        vq.add_desc_chains(&raw, first).unwrap();
-    }
-
-    fn queues(mem: &GuestMemoryMmap) -> Vec<MockSplitQueue<'_, GuestMemoryMmap>> {
-        (0..3)
-            .map(|i| MockSplitQueue::create(mem, GuestAddress(0x1_0000 * i), 16))
-            .collect()
+    /// A balloon whose driver negotiated REPORTING, active on mock queues.
+    fn reporting_device(
+        mem: &GuestMemoryMmap,
+    ) -> (Balloon, [MockSplitQueue<'_, GuestMemoryMmap>; 3]) {
+        let mut dev = device();
+        dev.set_acked_features(VIRTIO_F_VERSION_1 | VIRTIO_BALLOON_F_REPORTING);
+        let vqs = activate_with_mock_queues(&mut dev, mem);
+        (dev, vqs)
     }
 
     fn is_zero(mem: &GuestMemoryMmap, addr: u64, len: usize) -> bool {
@@ -298,15 +213,8 @@ mod tests {
 
     #[test]
     fn reported_pages_are_discarded_and_the_buffer_returned() {
-        let mut dev = device();
-        dev.set_acked_features(VIRTIO_F_VERSION_1 | VIRTIO_BALLOON_F_REPORTING);
         let mem = create_guest_memory(16 << 20).unwrap();
-        let vqs = queues(&mem);
-        dev.activate(
-            mem.clone(),
-            vqs.iter().map(|q| q.create_queue().unwrap()).collect(),
-        )
-        .unwrap();
+        let (mut dev, vqs) = reporting_device(&mem);
         // Guest data in two ranges (one unaligned at both ends) and a page
         // that is not reported.
         let data = vec![0xabu8; 3 * PAGE as usize];
@@ -334,15 +242,8 @@ mod tests {
 
     #[test]
     fn ranges_outside_guest_memory_are_ignored() {
-        let mut dev = device();
-        dev.set_acked_features(VIRTIO_F_VERSION_1 | VIRTIO_BALLOON_F_REPORTING);
         let mem = create_guest_memory(16 << 20).unwrap();
-        let vqs = queues(&mem);
-        dev.activate(
-            mem.clone(),
-            vqs.iter().map(|q| q.create_queue().unwrap()).collect(),
-        )
-        .unwrap();
+        let (mut dev, vqs) = reporting_device(&mem);
         add_chain(
             &vqs[REPORTING_QUEUE],
             0,
@@ -364,7 +265,7 @@ mod tests {
         // A driver without REPORTING sets up two queues only.
         dev.set_acked_features(VIRTIO_F_VERSION_1);
         let mem = create_guest_memory(16 << 20).unwrap();
-        let vqs = queues(&mem);
+        let vqs = mock_queues::<3>(&mem);
         let mut qs: Vec<Queue> = vqs.iter().map(|q| q.create_queue().unwrap()).collect();
         qs[2].set_ready(false);
         dev.activate(mem.clone(), qs).unwrap();

@@ -20,10 +20,8 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 use vm_memory::ByteValued;
 
-use super::{
-    read_config_bytes, ActivateError, VirtioCommon, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1,
-};
+use super::common::common_accessors;
+use super::{ActivateError, VirtioCommon, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemoryMmap;
 
 /// Sector size of the virtio-blk protocol.
@@ -91,7 +89,15 @@ impl Block {
             read_only,
             capacity: meta.len() / SECTOR_SIZE,
             id,
-            common: VirtioCommon::new("virtio-blk", &QUEUE_SIZES, features, interrupt)?,
+            // struct virtio_blk_config: only `capacity` (le64) is offered.
+            common: VirtioCommon::new(
+                VIRTIO_ID_BLOCK,
+                "virtio-blk",
+                &QUEUE_SIZES,
+                features,
+                interrupt,
+            )?
+            .with_config((meta.len() / SECTOR_SIZE).to_le_bytes()),
             active: None,
             buf: vec![0; IO_CHUNK],
         })
@@ -244,22 +250,7 @@ impl Block {
 }
 
 impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_BLOCK
-    }
-
-    fn common(&self) -> &VirtioCommon {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut VirtioCommon {
-        &mut self.common
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // struct virtio_blk_config: only `capacity` (le64) is offered.
-        read_config_bytes(&self.capacity.to_le_bytes(), offset, data);
-    }
+    common_accessors!();
 
     fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
         self.common.check_queues(&mem, &queues)?;
@@ -285,7 +276,7 @@ impl MutEventSubscriber for Block {
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if self.common.consume_queue_event(events.data()) {
+        if self.common.consume_queue_event(events.data()).is_some() {
             self.process_queue();
         }
     }
@@ -297,12 +288,12 @@ impl MutEventSubscriber for Block {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::test_queues::interrupt;
     use crate::memory::create_guest_memory;
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
-    use vmm_sys_util::eventfd::EventFd;
 
     const HDR: u64 = 0x10_0000;
     const DATA: u64 = 0x20_0000;
@@ -321,9 +312,7 @@ mod tests {
         let mut content = vec![0u8; 8 * 512];
         content[512..1024].fill(0xab);
         std::fs::write(&path, &content).unwrap();
-        let irq = Arc::new(VirtioInterrupt::new(
-            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        ));
+        let irq = interrupt();
         let dev = Block::new(&path, read_only, irq).unwrap();
         let mem = create_guest_memory(16 << 20).unwrap();
         Setup {

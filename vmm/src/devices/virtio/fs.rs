@@ -35,17 +35,13 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{
-    Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
-};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{
-    read_config_bytes, ActivateError, VirtioCommon, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1,
-};
-use crate::memory::GuestMemoryMmap;
+use super::common::common_accessors;
+use super::{ActivateError, VirtioCommon, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use crate::memory::{host_range, GuestMemoryMmap};
 
 /// Bytes of the tag in the configuration space (virtio 1.2, 5.11.4).
 pub const TAG_LEN: usize = 36;
@@ -138,10 +134,10 @@ enum Work {
 pub struct Fs {
     /// Names the backend in logs (its socket path).
     backend_name: String,
-    config: [u8; TAG_LEN + 4],
     backend_features: u64,
-    /// Offered features (what passes through from the backend), the
-    /// guest's kick eventfds (registered as KVM ioeventfds, read by the
+    /// The configuration space (tag, number of request queues), offered
+    /// features (what passes through from the backend), the guest's kick
+    /// eventfds (registered as KVM ioeventfds, read by the
     /// backend) and the interrupt.
     common: VirtioCommon,
     /// `None` once the backend failed: the device stays broken.
@@ -234,15 +230,16 @@ impl Fs {
         );
         Ok(Self {
             backend_name,
-            config,
             backend_features,
             common: VirtioCommon::new(
+                VIRTIO_ID_FS,
                 "virtio-fs",
                 &QUEUE_SIZES,
                 backend_features & PASS_THROUGH_FEATURES,
                 interrupt,
             )
-            .map_err(|e| FsError::Io("eventfd", e))?,
+            .map_err(|e| FsError::Io("eventfd", e))?
+            .with_config(config),
             frontend: Some(frontend),
             call_evts,
             work_evt: new_evt()?,
@@ -377,29 +374,16 @@ fn config_space(tag: &str) -> Result<[u8; TAG_LEN + 4], FsError> {
     Ok(config)
 }
 
-/// The address in this process of `len` bytes of guest memory at `addr`,
-/// if they lie entirely inside one memory region (the backend maps regions
-/// separately, so a ring may not straddle two).
-fn host_range(mem: &GuestMemoryMmap, addr: GuestAddress, len: u64) -> Option<u64> {
-    let region = mem.find_region(addr)?;
-    let offset = addr.checked_offset_from(region.start_addr())?;
-    if offset.checked_add(len)? > region.len() {
-        return None;
-    }
-    region
-        .get_host_address(MemoryRegionAddress(offset))
-        .ok()
-        .map(|p| p as u64)
-}
-
 /// Checks the rings of a queue the guest programmed and translates them.
 fn ring_addresses(mem: &GuestMemoryMmap, queue: &Queue) -> Option<RingAddresses> {
     let size = queue.size();
     let n = u64::from(size);
     // Split ring layout, with the event-index fields (virtio 1.2, 2.7).
-    let desc = host_range(mem, GuestAddress(queue.desc_table()), 16 * n)?;
-    let avail = host_range(mem, GuestAddress(queue.avail_ring()), 6 + 2 * n)?;
-    let used = host_range(mem, GuestAddress(queue.used_ring()), 6 + 8 * n)?;
+    // The backend maps regions separately too: a ring may not straddle two.
+    let ring = |addr: u64, len: u64| host_range(mem, GuestAddress(addr), len).map(|p| p as u64);
+    let desc = ring(queue.desc_table(), 16 * n)?;
+    let avail = ring(queue.avail_ring(), 6 + 2 * n)?;
+    let used = ring(queue.used_ring(), 6 + 8 * n)?;
     Some(RingAddresses {
         size,
         next_avail: queue.next_avail(),
@@ -410,21 +394,7 @@ fn ring_addresses(mem: &GuestMemoryMmap, queue: &Queue) -> Option<RingAddresses>
 }
 
 impl VirtioDevice for Fs {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_FS
-    }
-
-    fn common(&self) -> &VirtioCommon {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut VirtioCommon {
-        &mut self.common
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
-    }
+    common_accessors!();
 
     fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
         self.common.check_queues(&mem, &queues)?;
@@ -513,6 +483,7 @@ mod tests {
 
     use super::*;
     use crate::devices::virtio::mmio::MmioTransport;
+    use crate::devices::virtio::test_queues::interrupt;
     use crate::devices::{lock, BusDevice};
     use crate::memory::{create_guest_memory_backed, MemoryBacking};
 
@@ -573,12 +544,6 @@ mod tests {
             }
         });
         (rx, handle)
-    }
-
-    fn interrupt() -> Arc<VirtioInterrupt> {
-        Arc::new(VirtioInterrupt::new(
-            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        ))
     }
 
     /// The handshake's last request has no reply: wait until it arrived.

@@ -374,8 +374,14 @@ mod tests {
                 EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             ));
             Self {
-                common: VirtioCommon::new("dummy", &[16, 16], VIRTIO_F_VERSION_1 | 1, interrupt)
-                    .unwrap(),
+                common: VirtioCommon::new(
+                    42,
+                    "dummy",
+                    &[16, 16],
+                    VIRTIO_F_VERSION_1 | 1,
+                    interrupt,
+                )
+                .unwrap(),
                 activated: false,
                 resets: 0,
                 config: *b"\x01\x02\x03\x04\x05\x06\x07\x08",
@@ -385,15 +391,7 @@ mod tests {
     }
 
     impl VirtioDevice for Dummy {
-        fn device_type(&self) -> u32 {
-            42
-        }
-        fn common(&self) -> &VirtioCommon {
-            &self.common
-        }
-        fn common_mut(&mut self) -> &mut VirtioCommon {
-            &mut self.common
-        }
+        crate::devices::virtio::common::common_accessors!();
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             super::super::read_config_bytes(&self.config, offset, data);
         }

@@ -6,6 +6,8 @@ pub mod common;
 pub mod fs;
 pub mod mmio;
 pub mod net;
+#[cfg(test)]
+mod test_queues;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -118,18 +120,32 @@ impl VirtioInterrupt {
 /// keeps the same way lives in its [`VirtioCommon`]; the provided methods
 /// read it.
 pub trait VirtioDevice: Send {
-    /// The virtio device id (VIRTIO_ID_*).
-    fn device_type(&self) -> u32;
-    /// The features, queue events and interrupt of the device.
+    /// The features, queue events and interrupt of the device
+    /// ([`common_accessors`](common::common_accessors) writes this and
+    /// `common_mut`).
     fn common(&self) -> &VirtioCommon;
     /// The same, to record what the driver accepted.
     fn common_mut(&mut self) -> &mut VirtioCommon;
+
+    /// The virtio device id (VIRTIO_ID_*).
+    fn device_type(&self) -> u32 {
+        self.common().device_type()
+    }
     /// Reads device configuration space; must fill `data`.
-    fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Starts the device with the driver's queues.
-    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError>;
-    /// Returns the device to its initial state (driver wrote 0 to Status).
-    fn reset(&mut self);
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(self.common().config(), offset, data);
+    }
+    /// Starts the device with the driver's queues; by default they are
+    /// checked and kept in [`VirtioCommon`].
+    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
+        self.common_mut().activate(mem, queues)
+    }
+    /// Returns the device to its initial state (driver wrote 0 to Status);
+    /// by default it drops the queues. A device with state of its own
+    /// resets that too.
+    fn reset(&mut self) {
+        self.common_mut().deactivate();
+    }
 
     /// Writes device configuration space; by default it is read-only and
     /// the write is ignored.

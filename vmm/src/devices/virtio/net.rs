@@ -25,13 +25,11 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
-use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
+use virtio_queue::{DescriptorChain, QueueT, Reader, Writer};
 use vmm_sys_util::epoll::EventSet;
 
-use super::{
-    read_config_bytes, ActivateError, VirtioCommon, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1,
-};
+use super::common::common_accessors;
+use super::{VirtioCommon, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemoryMmap;
 
 /// `struct virtio_net_hdr_v1` (with `num_buffers`, as VERSION_1 requires).
@@ -63,21 +61,13 @@ pub enum NetError {
     Io(&'static str, #[source] io::Error),
 }
 
-#[derive(Debug)]
-struct Active {
-    mem: GuestMemoryMmap,
-    queues: Vec<Queue>,
-}
-
 /// The virtio-net device.
 #[derive(Debug)]
 pub struct Net {
     tap: std::fs::File,
-    config: [u8; 12],
     /// The largest frame (Ethernet header included) either way.
     max_frame: usize,
     common: VirtioCommon,
-    active: Option<Active>,
     /// A frame read from the tap that waits for an RX buffer.
     pending_rx: Option<usize>,
     rx_buf: Vec<u8>,
@@ -113,11 +103,16 @@ impl Net {
         let max_frame = usize::from(mtu) + ETH_OVERHEAD;
         Ok(Self {
             tap: std::fs::File::from(tap),
-            config,
             max_frame,
-            common: VirtioCommon::new("virtio-net", &QUEUE_SIZES, features, interrupt)
-                .map_err(|e| NetError::Io("eventfd", e))?,
-            active: None,
+            common: VirtioCommon::new(
+                VIRTIO_ID_NET,
+                "virtio-net",
+                &QUEUE_SIZES,
+                features,
+                interrupt,
+            )
+            .map_err(|e| NetError::Io("eventfd", e))?
+            .with_config(config),
             pending_rx: None,
             // One byte more than the largest frame: a longer one shows.
             rx_buf: vec![0; max_frame + 1],
@@ -133,87 +128,68 @@ impl Net {
 
     /// Sends every frame the guest queued on TX to the tap.
     pub fn process_tx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        let mem = &active.mem;
-        let queue = &mut active.queues[TX_QUEUE];
-        let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
+        self.common.serve_queue(TX_QUEUE, |mem, chain| {
             match read_tx_frame(mem, chain, &mut self.tx_buf) {
-                Ok(len) => match self.tap.write(&self.tx_buf[..len]) {
-                    Ok(_) => {}
+                Ok(len) => {
                     // A full tap queue drops the frame, as a NIC's would.
-                    Err(e) => {
+                    if let Err(e) = self.tap.write(&self.tx_buf[..len]) {
                         debug!("virtio-net: tap write failed, frame dropped: {e}");
                         self.dropped += 1;
                     }
-                },
+                }
                 Err(why) => {
                     debug!("virtio-net: dropping a bad TX chain: {why}");
                     self.dropped += 1;
                 }
             }
-            if let Err(e) = queue.add_used(mem, head, 0) {
-                error!("virtio-net: cannot return a TX buffer: {e}");
-            }
-            used = true;
-        }
-        if used {
-            self.common.interrupt().signal_used_queue();
-        }
+            0
+        });
     }
 
     /// Moves frames from the tap into the guest's RX buffers until the tap
     /// has none or the guest has no buffer (the frame then waits).
     pub fn process_rx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        let mem = &active.mem;
-        let queue = &mut active.queues[RX_QUEUE];
-        let mut used = false;
-        loop {
-            let len = match self.pending_rx.take() {
-                Some(len) => len,
-                None => match self.tap.read(&mut self.rx_buf) {
-                    Ok(0) => break,
-                    Ok(len) if len > self.max_frame => {
-                        debug!("virtio-net: frame longer than the MTU from the tap, dropped");
+        self.common.with_queue(RX_QUEUE, |mem, queue| {
+            let mut used = false;
+            loop {
+                let len = match self.pending_rx.take() {
+                    Some(len) => len,
+                    None => match self.tap.read(&mut self.rx_buf) {
+                        Ok(0) => break,
+                        Ok(len) if len > self.max_frame => {
+                            debug!("virtio-net: frame longer than the MTU from the tap, dropped");
+                            self.dropped += 1;
+                            continue;
+                        }
+                        Ok(len) => len,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            warn!("virtio-net: tap read failed: {e}");
+                            break;
+                        }
+                    },
+                };
+                let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                    self.pending_rx = Some(len);
+                    break;
+                };
+                let head = chain.head_index();
+                let written = match write_rx_frame(mem, chain, &self.rx_buf[..len]) {
+                    Ok(n) => n,
+                    Err(why) => {
+                        debug!("virtio-net: frame of {len} bytes dropped: {why}");
                         self.dropped += 1;
-                        continue;
+                        0
                     }
-                    Ok(len) => len,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        warn!("virtio-net: tap read failed: {e}");
-                        break;
-                    }
-                },
-            };
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                self.pending_rx = Some(len);
-                break;
-            };
-            let head = chain.head_index();
-            let written = match write_rx_frame(mem, chain, &self.rx_buf[..len]) {
-                Ok(n) => n,
-                Err(why) => {
-                    debug!("virtio-net: frame of {len} bytes dropped: {why}");
-                    self.dropped += 1;
-                    0
+                };
+                if let Err(e) = queue.add_used(mem, head, written) {
+                    error!("virtio-net: cannot return an RX buffer: {e}");
                 }
-            };
-            if let Err(e) = queue.add_used(mem, head, written) {
-                error!("virtio-net: cannot return an RX buffer: {e}");
+                used = true;
             }
-            used = true;
-        }
-        if used {
-            self.common.interrupt().signal_used_queue();
-        }
+            used
+        });
     }
 }
 
@@ -291,31 +267,10 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 }
 
 impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_NET
-    }
-
-    fn common(&self) -> &VirtioCommon {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut VirtioCommon {
-        &mut self.common
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
-    }
-
-    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
-        self.common.check_queues(&mem, &queues)?;
-        self.active = Some(Active { mem, queues });
-        self.common.kick_all_queues();
-        Ok(())
-    }
+    common_accessors!();
 
     fn reset(&mut self) {
-        self.active = None;
+        self.common.deactivate();
         self.pending_rx = None;
     }
 }
@@ -336,18 +291,13 @@ impl MutEventSubscriber for Net {
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let token = events.data();
-        if token == TAP_TOKEN {
-            self.process_rx();
-            return;
-        }
-        if !self.common.consume_queue_event(token) {
-            return;
-        }
-        match usize::try_from(token).unwrap_or(usize::MAX) {
-            RX_QUEUE => self.process_rx(),
-            TX_QUEUE => self.process_tx(),
-            _ => {}
+        match events.data() {
+            TAP_TOKEN => self.process_rx(),
+            token => match self.common.consume_queue_event(token) {
+                Some(RX_QUEUE) => self.process_rx(),
+                Some(TX_QUEUE) => self.process_tx(),
+                _ => {}
+            },
         }
     }
 }
@@ -358,13 +308,14 @@ impl MutEventSubscriber for Net {
 mod tests {
     use std::os::unix::net::UnixDatagram;
 
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
-    use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
+    use crate::devices::virtio::test_queues::{
+        activate_with_mock_queues, add_chain, add_chains, interrupt, used_len,
+    };
     use crate::memory::create_guest_memory;
 
     const W: u16 = VRING_DESC_F_WRITE as u16;
@@ -374,32 +325,12 @@ mod tests {
     /// the test holds the other end as "the network".
     fn device(mtu: u16) -> (Net, UnixDatagram) {
         let (ours, theirs) = UnixDatagram::pair().unwrap();
-        let irq = Arc::new(VirtioInterrupt::new(
-            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        ));
+        let irq = interrupt();
         theirs.set_nonblocking(true).unwrap();
         (
             Net::new(OwnedFd::from(ours), MAC, mtu, irq).unwrap(),
             theirs,
         )
-    }
-
-    fn add_chain(vq: &MockSplitQueue<GuestMemoryMmap>, first: u16, descs: &[(u64, u32, u16)]) {
-        let raw: Vec<_> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, flags))| {
-                let last = i + 1 == descs.len();
-                let flags = if last {
-                    flags
-                } else {
-                    flags | VRING_DESC_F_NEXT as u16
-                };
-                let next = if last { 0 } else { first + i as u16 + 1 };
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-            })
-            .collect();
-        vq.add_desc_chains(&raw, first).unwrap();
     }
 
     struct Queues<'a> {
@@ -408,20 +339,8 @@ mod tests {
     }
 
     fn activate<'a>(dev: &mut Net, mem: &'a GuestMemoryMmap) -> Queues<'a> {
-        let rx = MockSplitQueue::create(mem, GuestAddress(0), 16);
-        let tx = MockSplitQueue::create(mem, GuestAddress(0x1_0000), 16);
-        let queues = vec![rx.create_queue().unwrap(), tx.create_queue().unwrap()];
-        dev.activate(mem.clone(), queues).unwrap();
+        let [rx, tx] = activate_with_mock_queues(dev, mem);
         Queues { rx, tx }
-    }
-
-    fn used_len(vq: &MockSplitQueue<GuestMemoryMmap>, i: u16) -> u32 {
-        vq.used()
-            .ring()
-            .ref_at(usize::from(i))
-            .unwrap()
-            .load()
-            .len()
     }
 
     #[test]
@@ -447,9 +366,7 @@ mod tests {
     fn mtus_out_of_range_are_refused() {
         for mtu in [0, 67, MAX_MTU + 1] {
             let (ours, _) = UnixDatagram::pair().unwrap();
-            let irq = Arc::new(VirtioInterrupt::new(
-                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            ));
+            let irq = interrupt();
             let err = Net::new(OwnedFd::from(ours), MAC, mtu, irq).err().unwrap();
             assert!(err.to_string().contains("invalid MTU"), "{err}");
         }
@@ -502,11 +419,7 @@ mod tests {
             &[(0x10_0000, 12 + 13, 0)],                      // not even an Ethernet header
             &[(0x10_0000, 12, 0), (0x20_0000, 20, W)],       // frame in a write-only descriptor
         ];
-        let mut first = 0;
-        for c in chains {
-            add_chain(&q.tx, first, c);
-            first += c.len() as u16;
-        }
+        add_chains(&q.tx, chains);
         dev.process_tx();
         assert_eq!(q.tx.used().idx().load(), chains.len() as u16);
         for i in 0..chains.len() as u16 {

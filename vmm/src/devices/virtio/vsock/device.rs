@@ -5,18 +5,15 @@ use std::sync::Arc;
 
 use log::{debug, error};
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::VolatileSlice;
 
 use super::defs;
 use super::packet::{gather_tx_packet, VsockHeader};
 use super::unix::VsockMuxer;
-use crate::devices::virtio::{
-    read_config_bytes, ActivateError, VirtioCommon, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1,
-};
-use crate::memory::GuestMemoryMmap;
+use crate::devices::virtio::common::common_accessors;
+use crate::devices::virtio::{VirtioCommon, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 
 pub(super) const RX_QUEUE: usize = 0;
 pub(super) const TX_QUEUE: usize = 1;
@@ -28,19 +25,11 @@ const _: () = assert!(HEADER_LEN as usize == PKT_HEADER_SIZE);
 /// Epoll token for the muxer's fd (queue eventfds use their index).
 pub(super) const MUXER_TOKEN: u32 = 100;
 
-#[derive(Debug)]
-struct Active {
-    mem: GuestMemoryMmap,
-    queues: Vec<Queue>,
-}
-
 /// The virtio-vsock device.
 #[derive(Debug)]
 pub struct Vsock {
-    cid: u64,
     pub(super) muxer: VsockMuxer,
     pub(super) common: VirtioCommon,
-    active: Option<Active>,
 }
 
 impl Vsock {
@@ -51,23 +40,22 @@ impl Vsock {
         interrupt: Arc<VirtioInterrupt>,
     ) -> std::io::Result<Self> {
         Ok(Self {
-            cid,
             muxer: VsockMuxer::new(cid, uds_path)?,
-            common: VirtioCommon::new("vsock", &QUEUE_SIZES, VIRTIO_F_VERSION_1, interrupt)?,
-            active: None,
+            // struct virtio_vsock_config { le64 guest_cid; }
+            common: VirtioCommon::new(
+                VIRTIO_ID_VSOCK,
+                "vsock",
+                &QUEUE_SIZES,
+                VIRTIO_F_VERSION_1,
+                interrupt,
+            )?
+            .with_config(cid.to_le_bytes()),
         })
     }
 
     /// Handles every packet the guest queued on TX.
     pub fn process_tx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        let mem = &active.mem;
-        let queue = &mut active.queues[TX_QUEUE];
-        let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
+        self.common.serve_queue(TX_QUEUE, |mem, chain| {
             // The common layouts (header and payload in one or two
             // descriptors) are read in place; any other is copied.
             match VsockPacket::from_tx_virtq_chain(mem, &mut chain.clone(), defs::MAX_PKT_DATA) {
@@ -83,54 +71,44 @@ impl Vsock {
                     Err(e) => debug!("vsock: dropping bad TX packet: {e}"),
                 },
             }
-            if let Err(e) = queue.add_used(mem, head, 0) {
-                error!("vsock: cannot return TX buffer: {e}");
-            }
-            used = true;
-        }
-        if used {
-            self.common.interrupt().signal_used_queue();
-        }
+            0
+        });
     }
 
     /// Moves pending packets into the guest's RX buffers.
     pub fn process_rx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        let mem = &active.mem;
-        let queue = &mut active.queues[RX_QUEUE];
-        let mut used = false;
-        while self.muxer.has_pending_rx() {
-            let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
-                break;
-            };
-            let head = chain.head_index();
-            let len = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, defs::MAX_PKT_DATA) {
-                Ok(mut pkt) => match self.muxer.fill_rx(pkt.data_slice()) {
-                    Some(hdr) => {
-                        hdr.write_to(&mut pkt);
-                        HEADER_LEN + hdr.len
-                    }
-                    None => {
-                        // Nothing to send after all: give the buffer back.
-                        queue.go_to_previous_position();
-                        break;
-                    }
-                },
-                Err(e) => {
-                    debug!("vsock: dropping bad RX buffer: {e}");
-                    0
+        self.common.with_queue(RX_QUEUE, |mem, queue| {
+            let mut used = false;
+            while self.muxer.has_pending_rx() {
+                let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
+                    break;
+                };
+                let head = chain.head_index();
+                let len =
+                    match VsockPacket::from_rx_virtq_chain(mem, &mut chain, defs::MAX_PKT_DATA) {
+                        Ok(mut pkt) => match self.muxer.fill_rx(pkt.data_slice()) {
+                            Some(hdr) => {
+                                hdr.write_to(&mut pkt);
+                                HEADER_LEN + hdr.len
+                            }
+                            None => {
+                                // Nothing to send after all: give the buffer back.
+                                queue.go_to_previous_position();
+                                break;
+                            }
+                        },
+                        Err(e) => {
+                            debug!("vsock: dropping bad RX buffer: {e}");
+                            0
+                        }
+                    };
+                if let Err(e) = queue.add_used(mem, head, len) {
+                    error!("vsock: cannot return RX buffer: {e}");
                 }
-            };
-            if let Err(e) = queue.add_used(mem, head, len) {
-                error!("vsock: cannot return RX buffer: {e}");
+                used = true;
             }
-            used = true;
-        }
-        if used {
-            self.common.interrupt().signal_used_queue();
-        }
+            used
+        });
     }
 
     /// Handles host socket events.
@@ -146,32 +124,10 @@ impl Vsock {
 }
 
 impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_VSOCK
-    }
-
-    fn common(&self) -> &VirtioCommon {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut VirtioCommon {
-        &mut self.common
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // struct virtio_vsock_config { le64 guest_cid; }
-        read_config_bytes(&self.cid.to_le_bytes(), offset, data);
-    }
-
-    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
-        self.common.check_queues(&mem, &queues)?;
-        self.active = Some(Active { mem, queues });
-        self.common.kick_all_queues();
-        Ok(())
-    }
+    common_accessors!();
 
     fn reset(&mut self) {
-        self.active = None;
+        self.common.deactivate();
         self.muxer.reset();
     }
 }
@@ -183,42 +139,23 @@ impl VirtioDevice for Vsock {
 mod tests {
     use super::super::defs::*;
     use super::*;
-    use crate::memory::create_guest_memory;
+    use crate::devices::virtio::test_queues::{
+        activate_with_mock_queues, add_chain, add_chains, interrupt, used_len,
+    };
+    use crate::memory::{create_guest_memory, GuestMemoryMmap};
     use std::io::Write;
     use std::os::unix::net::UnixStream;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
-    use vmm_sys_util::eventfd::EventFd;
 
     const W: u16 = VRING_DESC_F_WRITE as u16;
     const CID: u64 = 3;
 
     fn device(dir: &tempfile::TempDir) -> Vsock {
-        let irq = Arc::new(VirtioInterrupt::new(
-            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        ));
+        let irq = interrupt();
         Vsock::new(CID, dir.path().join("v.sock"), irq).unwrap()
-    }
-
-    /// Adds one chain at descriptor index `first`, linking the descriptors.
-    fn add_chain(vq: &MockSplitQueue<GuestMemoryMmap>, first: u16, descs: &[(u64, u32, u16)]) {
-        let raw: Vec<_> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, flags))| {
-                let last = i + 1 == descs.len();
-                let flags = if last {
-                    flags
-                } else {
-                    flags | VRING_DESC_F_NEXT as u16
-                };
-                let next = if last { 0 } else { first + i as u16 + 1 };
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-            })
-            .collect();
-        vq.add_desc_chains(&raw, first).unwrap();
     }
 
     fn write_hdr(mem: &GuestMemoryMmap, addr: u64, h: &VsockHeader) {
@@ -260,15 +197,7 @@ mod tests {
     }
 
     fn activate<'a>(dev: &mut Vsock, mem: &'a GuestMemoryMmap) -> Queues<'a> {
-        let rx = MockSplitQueue::create(mem, GuestAddress(0), 16);
-        let tx = MockSplitQueue::create(mem, GuestAddress(0x1_0000), 16);
-        let ev = MockSplitQueue::create(mem, GuestAddress(0x2_0000), 16);
-        let queues = vec![
-            rx.create_queue().unwrap(),
-            tx.create_queue().unwrap(),
-            ev.create_queue().unwrap(),
-        ];
-        dev.activate(mem.clone(), queues).unwrap();
+        let [rx, tx, _event] = activate_with_mock_queues(dev, mem);
         Queues { rx, tx }
     }
 
@@ -308,15 +237,11 @@ mod tests {
             &[(hdr, 44, 0), (oob, 100, 0)],               // payload outside memory
             &[(hdr, 44, 0)],                              // payload missing
         ];
-        let mut first = 0;
-        for c in chains {
-            add_chain(&q.tx, first, c);
-            first += c.len() as u16;
-        }
+        add_chains(&q.tx, chains);
         dev.process_tx();
         assert_eq!(q.tx.used().idx().load(), chains.len() as u16);
-        for i in 0..chains.len() {
-            assert_eq!(q.tx.used().ring().ref_at(i).unwrap().load().len(), 0);
+        for i in 0..chains.len() as u16 {
+            assert_eq!(used_len(&q.tx, i), 0);
         }
         assert!(!dev.muxer.has_pending_rx());
         assert_eq!(dev.connection_count(), 0);

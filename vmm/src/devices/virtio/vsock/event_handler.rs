@@ -24,16 +24,13 @@ impl MutEventSubscriber for Vsock {
             self.process_backend();
             return;
         }
-        if !self.common.consume_queue_event(token) {
-            return;
-        }
-        match usize::try_from(token).unwrap_or(usize::MAX) {
-            RX_QUEUE => self.process_rx(),
-            TX_QUEUE => {
+        match self.common.consume_queue_event(token) {
+            Some(RX_QUEUE) => self.process_rx(),
+            Some(TX_QUEUE) => {
                 self.process_tx();
                 self.process_rx();
             }
-            EVENT_QUEUE => debug!("vsock: event queue notified"),
+            Some(EVENT_QUEUE) => debug!("vsock: event queue notified"),
             _ => {}
         }
     }
