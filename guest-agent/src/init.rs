@@ -204,7 +204,9 @@ pub fn power_off() -> ! {
 }
 
 /// Unmounts in reverse mount order; lazily, so a busy filesystem cannot stop
-/// the power-off.
+/// the power-off. Read by hand, not through `procfs` (in the graph through
+/// libcontainer): its 0.18 `MountInfo::mount_point` keeps mountinfo's octal
+/// escapes, so a path with a space would not unmount.
 fn unmount_all() {
     let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
         return;
