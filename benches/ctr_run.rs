@@ -3,10 +3,12 @@
 //! run on the same image; start-to-exit latency (median, p95), teardown
 //! (`ctr task delete` of a stopped task: for Firedoor the VM's power-off and
 //! its helpers' exit), and the memory of one Firedoor sandbox (shim + VMM +
-//! helpers). A peer that is not installed is skipped with a line that says
-//! how to install it.
+//! helpers); then PARALLEL sandboxes (default 10) started one after another
+//! and all at once (`ctr run -d ... sleep`): time until all run, each start's
+//! latency, and the starts that failed. A peer that is not installed is
+//! skipped with a line that says how to install it.
 //!
-//!     cargo bench -p firedoor-benches --bench ctr_run [-- RUNS]
+//!     cargo bench -p firedoor-benches --bench ctr_run [-- RUNS [PARALLEL]]
 
 use std::{
     fs,
@@ -68,6 +70,55 @@ impl Peer {
         assert!(out.status.success(), "{}: {}", self.name, text(&out.stderr));
     }
 
+    /// `ctr run -d IMAGE sleep` of `id`: the start's wall time, or why it
+    /// failed.
+    fn start_detached(&self, ctrd: &Containerd, id: &str) -> Result<Duration, String> {
+        let mut args = self.run_args();
+        args.extend([
+            "-d".into(),
+            BUSYBOX_IMAGE.into(),
+            id.into(),
+            "sleep".into(),
+            "600".into(),
+        ]);
+        let started = Instant::now();
+        let out = ctr(ctrd, &args);
+        let took = started.elapsed();
+        if out.status.success() {
+            Ok(took)
+        } else {
+            Err(format!("{id}: {}", text(&out.stderr).trim()))
+        }
+    }
+
+    /// `count` sandboxes started one after another, then `count` at once.
+    fn time_many(&self, ctrd: &Containerd, count: usize) -> [Many; 2] {
+        let serial_ids: Vec<String> = (0..count).map(|i| format!("bench-serial-{i}")).collect();
+        let started = Instant::now();
+        let serial: Vec<_> = serial_ids
+            .iter()
+            .map(|id| self.start_detached(ctrd, id))
+            .collect();
+        let serial = Many::of(started.elapsed(), serial);
+        remove_all(ctrd, &serial_ids);
+
+        let parallel_ids: Vec<String> = (0..count).map(|i| format!("bench-par-{i}")).collect();
+        let started = Instant::now();
+        let parallel: Vec<_> = std::thread::scope(|scope| {
+            let starts: Vec<_> = parallel_ids
+                .iter()
+                .map(|id| scope.spawn(move || self.start_detached(ctrd, id)))
+                .collect();
+            starts
+                .into_iter()
+                .map(|s| s.join().unwrap_or_else(|_| Err("panicked".into())))
+                .collect()
+        });
+        let parallel = Many::of(started.elapsed(), parallel);
+        remove_all(ctrd, &parallel_ids);
+        [serial, parallel]
+    }
+
     /// `ctr run -d IMAGE true`, then the time of `ctr task delete` once
     /// it has stopped.
     fn time_teardown(&mut self, ctrd: &Containerd, id: &str) {
@@ -80,6 +131,49 @@ impl Peer {
         let out = ctrd.ctr(&["task", "delete", id]);
         self.teardown.push(started.elapsed());
         assert!(out.status.success(), "{}: {}", self.name, text(&out.stderr));
+        let _ = ctrd.ctr(&["containers", "rm", id]);
+    }
+}
+
+/// Many starts: until the last returned, each one's latency, the failures.
+struct Many {
+    total: Duration,
+    each: Vec<Duration>,
+    errors: Vec<String>,
+}
+
+impl Many {
+    fn of(total: Duration, results: Vec<Result<Duration, String>>) -> Many {
+        let (ok, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+        Many {
+            total,
+            each: ok.into_iter().flatten().collect(),
+            errors: failed.into_iter().filter_map(Result::err).collect(),
+        }
+    }
+}
+
+/// Kills and removes the tasks and containers `ids`, whatever state they
+/// are in.
+fn remove_all(ctrd: &Containerd, ids: &[String]) {
+    for id in ids {
+        let _ = ctrd.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    }
+    for id in ids {
+        // A killed task stops asynchronously; a start that failed left none.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let listed = text(&ctrd.ctr(&["task", "ls", "-q"]).stdout)
+                .lines()
+                .any(|l| l == id);
+            if !listed
+                || ctrd.ctr(&["task", "delete", id]).status.success()
+                || Instant::now() > deadline
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let _ = ctrd.ctr(&["containers", "rm", id]);
     }
 }
@@ -143,10 +237,12 @@ fn memory_kib(pid: u32) -> (u64, u64) {
 }
 
 fn main() {
-    let runs: usize = std::env::args()
+    let numbers: Vec<usize> = std::env::args()
         .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(5);
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let runs = numbers.first().copied().unwrap_or(5);
+    let parallel = numbers.get(1).copied().unwrap_or(10);
     let ctrd = Containerd::start();
     let accel = match Accel::best_for(&host::probe_kvm()) {
         Accel::Kvm => "kvm",
@@ -206,6 +302,30 @@ fn main() {
             median.as_secs_f64() / runc_median.as_secs_f64(),
             summary(&mut firedoor.start.clone())
         );
+    }
+
+    println!("{parallel} sandboxes (`ctr run -d ... sleep`), one after another, then all at once:");
+    println!(
+        "  {:<24} {:<10} {:<13} {:<34} failed",
+        "runtime", "mode", "all running", "each start"
+    );
+    for peer in &peers {
+        for (mode, mut many) in ["serial", "parallel"]
+            .into_iter()
+            .zip(peer.time_many(&ctrd, parallel))
+        {
+            println!(
+                "  {:<24} {:<10} {:>8.2} s    {:<34} {}",
+                peer.name,
+                mode,
+                many.total.as_secs_f64(),
+                median_p95(&mut many.each),
+                many.errors.len()
+            );
+            for error in &many.errors {
+                println!("    {error}");
+            }
+        }
     }
 
     let id = "bench-fd-mem";
