@@ -11,13 +11,12 @@ use std::{
 
 use firedoor_tests::{
     containerd::Containerd,
-    cri::{pod_state_dir, with_pod, Cri},
-    image::BUSYBOX_IMAGE,
+    cri::{container_config, exec_sh, pod_state_dir, with_pod, Cri},
     processes_mentioning, TTY_SIZE_SCRIPT,
 };
 use k8s_cri::v1::{
-    security_profile::ProfileType, Capability, ContainerConfig, ContainerMetadata, ContainerState,
-    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec, Int64Value,
+    security_profile::ProfileType, Capability, ContainerConfig, ContainerState,
+    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, Int64Value,
     LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, MountPropagation, NamespaceMode, NamespaceOption,
     PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest, SecurityProfile,
@@ -46,22 +45,6 @@ fn pod_config(name: &str, logs: &Path, annotations: HashMap<String, String>) -> 
             }),
             ..Default::default()
         }),
-        ..Default::default()
-    }
-}
-
-fn container_config(name: &str, command: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: BUSYBOX_IMAGE.into(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|c| c.to_string()).collect(),
-        log_path: format!("{name}.log"),
         ..Default::default()
     }
 }
@@ -181,27 +164,6 @@ async fn start_container(
     .await
     .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", ctrd.log_tail(30)));
     id
-}
-
-/// ExecSync of `sh -c script`; returns its stdout, asserting exit code 0.
-async fn exec_sh(cri: &mut Cri, id: &str, script: &str) -> String {
-    let out = cri
-        .exec_sync(ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 60,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("ExecSync {script:?} in {id}: {e}"))
-        .into_inner();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.exit_code,
-        0,
-        "{script:?}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 fn with_security(

@@ -14,32 +14,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use firedoor_tests::{containerd::Containerd, image::BUSYBOX_IMAGE, processes_mentioning};
-use hyper_util::rt::TokioIo;
-use k8s_cri::v1::{
-    runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata,
-    CreateContainerRequest, DnsConfig, ExecSyncRequest, ImageSpec, PodSandboxConfig,
-    PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest,
+use firedoor_tests::{
+    containerd::Containerd,
+    cri::{connect, container_config, exec_sh, Cri},
+    processes_mentioning,
 };
-use tonic::transport::{Channel, Endpoint, Uri};
-
-type Cri = RuntimeServiceClient<Channel>;
-
-async fn connect(socket: PathBuf) -> Cri {
-    let channel = Endpoint::try_from("http://[::]:0")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await
-        .unwrap();
-    RuntimeServiceClient::new(channel)
-}
+use k8s_cri::v1::{
+    ContainerConfig, CreateContainerRequest, DnsConfig, PodSandboxConfig, PodSandboxMetadata,
+    PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopPodSandboxRequest,
+};
 
 /// The test's own bridge network, written before containerd's first pod
 /// (containerd takes the first conflist by name: ours sorts before the
@@ -147,22 +131,6 @@ fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
     }
 }
 
-fn container_config(name: &str, command: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: BUSYBOX_IMAGE.into(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|c| c.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        ..Default::default()
-    }
-}
-
 async fn run_pod(cri: &mut Cri, ctrd: &Containerd, config: &PodSandboxConfig) -> String {
     cri.run_pod_sandbox(RunPodSandboxRequest {
         config: Some(config.clone()),
@@ -198,27 +166,6 @@ async fn start_container(
     .await
     .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", ctrd.log_tail(40)));
     id
-}
-
-/// ExecSync of `sh -c script`; returns its stdout, asserting exit code 0.
-async fn exec_sh(cri: &mut Cri, id: &str, script: &str) -> String {
-    let out = cri
-        .exec_sync(ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 180,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("ExecSync {script:?} in {id}: {e}"))
-        .into_inner();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.exit_code,
-        0,
-        "{script:?}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// The pod's IP and its CNI network namespace (from the verbose status).

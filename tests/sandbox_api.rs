@@ -7,41 +7,21 @@
 use std::{
     collections::HashMap,
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
 use firedoor_tests::{
     containerd::{Build, Containerd, SANDBOX_API_HANDLER},
-    image::{BUSYBOX_IMAGE, PAUSE_IMAGE},
+    cri::{connect, container_config, exec_sh},
+    image::PAUSE_IMAGE,
     processes_mentioning,
 };
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
-    runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata,
-    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxPodSandboxConfig, PodSandboxConfig,
-    PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
+    CreateContainerRequest, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata,
+    PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
-use tonic::transport::{Channel, Endpoint, Uri};
-
-type Cri = RuntimeServiceClient<Channel>;
-
-async fn connect(socket: PathBuf) -> Cri {
-    let channel = Endpoint::try_from("http://[::]:0")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await
-        .unwrap();
-    RuntimeServiceClient::new(channel)
-}
 
 /// A pod on the test's CNI network (containerd 2.1.9 itself crashes on a
 /// host-network pod with `sandboxer = "shim"`: containerd issue 12983,
@@ -63,43 +43,6 @@ fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
         linux: Some(LinuxPodSandboxConfig::default()),
         ..Default::default()
     }
-}
-
-fn container_config(name: &str, command: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: BUSYBOX_IMAGE.into(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|c| c.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        ..Default::default()
-    }
-}
-
-/// ExecSync of `sh -c script`; its stdout, asserting exit code 0.
-async fn exec_sh(cri: &mut Cri, id: &str, script: &str) -> String {
-    let out = cri
-        .exec_sync(ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 60,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("ExecSync {script:?} in {id}: {e}"))
-        .into_inner();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.exit_code,
-        0,
-        "{script:?}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// Mount points of this host that name `needle`.

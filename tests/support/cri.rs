@@ -13,12 +13,13 @@ use std::{
 
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
-    runtime_service_client::RuntimeServiceClient, PodSandboxConfig, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StopPodSandboxRequest,
+    runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata,
+    ExecSyncRequest, ImageSpec, PodSandboxConfig, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::{containerd::Containerd, processes_mentioning};
+use crate::{containerd::Containerd, image::BUSYBOX_IMAGE, processes_mentioning};
 
 /// A CRI runtime-service client.
 pub type Cri = RuntimeServiceClient<Channel>;
@@ -135,4 +136,42 @@ async fn catch_panic<T>(future: impl Future<Output = T>) -> std::thread::Result<
         },
     )
     .await
+}
+
+/// A busybox container `name` running `command`, logging to `<name>.log`.
+pub fn container_config(name: &str, command: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: BUSYBOX_IMAGE.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|c| c.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+/// ExecSync of `sh -c script`; returns its stdout, asserting exit code 0.
+pub async fn exec_sh(cri: &mut Cri, id: &str, script: &str) -> String {
+    let out = cri
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 180,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync {script:?} in {id}: {e}"))
+        .into_inner();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.exit_code,
+        0,
+        "{script:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
