@@ -6,39 +6,19 @@
 //! host-network pods with the shim sandboxer, so every handler gets the
 //! same network). `cargo bench -p firedoor-benches --bench cri_pod [RUNS]`.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use firedoor_tests::{
     containerd::{Containerd, SANDBOX_API_HANDLER},
     image::BUSYBOX_IMAGE,
 };
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
-    runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata,
-    CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig,
+    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopPodSandboxRequest,
 };
-use tonic::transport::{Channel, Endpoint, Uri};
 
-type Cri = RuntimeServiceClient<Channel>;
-
-async fn connect(socket: PathBuf) -> Cri {
-    let channel = Endpoint::try_from("http://[::]:0")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await
-        .unwrap();
-    RuntimeServiceClient::new(channel)
-}
+use firedoor_tests::cri::{connect, Cri};
 
 fn pod_config(name: &str, logs: &std::path::Path) -> PodSandboxConfig {
     PodSandboxConfig {

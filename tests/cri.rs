@@ -11,7 +11,7 @@ use std::{
 
 use firedoor_tests::{
     containerd::Containerd,
-    cri::{container_config, exec_sh, pod_state_dir, with_pod, Cri},
+    cri::{container_config, exec_sh, pod_state_dir, start_container, with_pod, Cri},
     processes_mentioning, TTY_SIZE_SCRIPT,
 };
 use k8s_cri::v1::{
@@ -137,33 +137,6 @@ fn pod_with_two_containers_runs_in_one_vm() {
             .count();
         assert_eq!(vmms, 1, "one VM per pod");
     });
-}
-
-/// Creates and starts a container of `pod`; returns its id.
-async fn start_container(
-    cri: &mut Cri,
-    ctrd: &Containerd,
-    pod: &str,
-    pod_config: &PodSandboxConfig,
-    config: ContainerConfig,
-) -> String {
-    let name = config.metadata.as_ref().unwrap().name.clone();
-    let id = cri
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\n{}", ctrd.log_tail(30)))
-        .into_inner()
-        .container_id;
-    cri.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", ctrd.log_tail(30)));
-    id
 }
 
 fn with_security(

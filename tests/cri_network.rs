@@ -16,13 +16,12 @@ use std::{
 
 use firedoor_tests::{
     containerd::Containerd,
-    cri::{connect, container_config, exec_sh, Cri},
+    cri::{connect, container_config, exec_sh, start_container, Cri},
     processes_mentioning,
 };
 use k8s_cri::v1::{
-    ContainerConfig, CreateContainerRequest, DnsConfig, PodSandboxConfig, PodSandboxMetadata,
-    PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopPodSandboxRequest,
+    DnsConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
 };
 
 /// The test's own bridge network, written before containerd's first pod
@@ -140,32 +139,6 @@ async fn run_pod(cri: &mut Cri, ctrd: &Containerd, config: &PodSandboxConfig) ->
     .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd.log_tail(40)))
     .into_inner()
     .pod_sandbox_id
-}
-
-async fn start_container(
-    cri: &mut Cri,
-    ctrd: &Containerd,
-    pod: &str,
-    pod_config: &PodSandboxConfig,
-    config: ContainerConfig,
-) -> String {
-    let name = config.metadata.as_ref().unwrap().name.clone();
-    let id = cri
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\n{}", ctrd.log_tail(40)))
-        .into_inner()
-        .container_id;
-    cri.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", ctrd.log_tail(40)));
-    id
 }
 
 /// The pod's IP and its CNI network namespace (from the verbose status).

@@ -14,8 +14,8 @@ use std::{
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
     runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata,
-    ExecSyncRequest, ImageSpec, PodSandboxConfig, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StopPodSandboxRequest,
+    CreateContainerRequest, ExecSyncRequest, ImageSpec, PodSandboxConfig, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -174,4 +174,31 @@ pub async fn exec_sh(cri: &mut Cri, id: &str, script: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// CreateContainer + StartContainer of `config` in `pod`; its id.
+pub async fn start_container(
+    cri: &mut Cri,
+    ctrd: &Containerd,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
+    let name = config.metadata.as_ref().unwrap().name.clone();
+    let id = cri
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\n{}", ctrd.log_tail(40)))
+        .into_inner()
+        .container_id;
+    cri.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", ctrd.log_tail(40)));
+    id
 }
