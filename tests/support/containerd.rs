@@ -130,7 +130,7 @@ impl Containerd {
         let shim = bin_dir().join("containerd-shim-firedoor-v2");
         assert!(
             shim.is_file(),
-            "{} is missing: run cargo build --workspace",
+            "{} is missing: run cargo build --workspace (--release for the benches)",
             shim.display()
         );
         // Short path: socket paths are limited to 108 bytes.
