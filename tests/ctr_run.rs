@@ -548,21 +548,7 @@ fn sandbox_process_killed_ends_the_task_and_cleans_up(
     shim_stops_the_vm: bool,
 ) {
     let ctrd = Containerd::start();
-    let mut run = ctrd
-        .ctr_command(&[
-            "run",
-            "--runtime",
-            RUNTIME,
-            BUSYBOX_IMAGE,
-            id,
-            "sleep",
-            "1000",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    ctrd.wait_status(id, "RUNNING");
+    let mut run = ctrd.run_attached(id, &["sleep", "1000"]);
     let pids = fs::read_to_string(Containerd::state_dir(id).join("vm.pids")).unwrap();
     let victim = pids
         .lines()

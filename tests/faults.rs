@@ -35,26 +35,6 @@ fn containerd_with_fault(fault: &str) -> Containerd {
     Containerd::start_with_config(&format!("kernel_params = [\"firedoor.fault={fault}\"]\n"))
 }
 
-/// `ctr run` (attached, no `--rm`) of a long sleep, once it runs.
-fn run_sleeper(ctrd: &Containerd, id: &str) -> Child {
-    let run = ctrd
-        .ctr_command(&[
-            "run",
-            "--runtime",
-            RUNTIME,
-            BUSYBOX_IMAGE,
-            id,
-            "sleep",
-            "1000",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    ctrd.wait_status(id, "RUNNING");
-    run
-}
-
 /// `ctr task exec` of the fault trigger; returns how it ended.
 fn exec_trigger(ctrd: &Containerd, id: &str) -> std::process::Output {
     ctrd.ctr_command(&["task", "exec", "--exec-id", "fault", id, FAULT_TRIGGER])
@@ -113,7 +93,7 @@ fn assert_deleted_and_gone(ctrd: &Containerd, id: &str) {
 fn guest_crash_ends_the_task_and_cleans_up(fault: &str, prefix: &str, console_says: &str) {
     let ctrd = containerd_with_fault(fault);
     let id = unique_id(prefix);
-    let mut run = run_sleeper(&ctrd, &id);
+    let mut run = ctrd.run_attached(&id, &["sleep", "1000"]);
     let exec = exec_trigger(&ctrd, &id);
     assert!(
         !exec.status.success(),
@@ -157,7 +137,7 @@ fn agent_death_ends_the_task_and_cleans_up() {
 fn agent_that_stops_answering_is_cut_off_by_the_rpc_deadline() {
     let ctrd = containerd_with_fault("hang");
     let id = unique_id("fd-hang");
-    let mut run = run_sleeper(&ctrd, &id);
+    let mut run = ctrd.run_attached(&id, &["sleep", "1000"]);
     let started = Instant::now();
     let exec = exec_trigger(&ctrd, &id);
     let took = started.elapsed();

@@ -4,23 +4,19 @@
 //! join it through the Task API; no pause container exists. Always runs on
 //! containerd 2.1 (the API is 2.x's), whatever `FIREDOOR_CONTAINERD` says.
 
-use std::{
-    collections::HashMap,
-    fs,
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, fs, path::Path};
 
 use firedoor_tests::{
     containerd::{Build, Containerd, SANDBOX_API_HANDLER},
-    cri::{connect, container_config, exec_sh},
+    cri::{
+        connect, container_config, exec_sh, pod_state_dir, remove_pod, run_pod_on, start_container,
+    },
     image::PAUSE_IMAGE,
-    processes_mentioning,
+    mounts_mentioning, processes_mentioning,
 };
 use k8s_cri::v1::{
-    CreateContainerRequest, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata,
-    PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxState,
+    PodSandboxStatusRequest, RemoveContainerRequest, StopContainerRequest,
 };
 
 /// A pod on the test's CNI network (containerd 2.1.9 itself crashes on a
@@ -45,16 +41,6 @@ fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
     }
 }
 
-/// Mount points of this host that name `needle`.
-fn mounts_mentioning(needle: &str) -> Vec<String> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(needle))
-        .map(String::from)
-        .collect()
-}
-
 #[test]
 fn sandbox_api_pod_runs_in_one_vm_without_a_pause_container() {
     let ctrd = Containerd::start_cri_build(Build::named("2.1"));
@@ -63,17 +49,9 @@ fn sandbox_api_pod_runs_in_one_vm_without_a_pause_container() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let mut cri = connect(ctrd.address()).await;
-        let config = pod_config("sbx", &logs);
-        let pod = cri
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: SANDBOX_API_HANDLER.into(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd.log_tail(40)))
-            .into_inner()
-            .pod_sandbox_id;
-        let state_dir = Path::new("/run/firedoor/k8s.io").join(&pod);
+        let config_of_pod = pod_config("sbx", &logs);
+        let pod = run_pod_on(&mut cri, &ctrd, &config_of_pod, SANDBOX_API_HANDLER).await;
+        let state_dir = pod_state_dir(&pod);
         let status = cri
             .pod_sandbox_status(PodSandboxStatusRequest {
                 pod_sandbox_id: pod.clone(),
@@ -100,21 +78,8 @@ fn sandbox_api_pod_runs_in_one_vm_without_a_pause_container() {
 
         let mut ids = Vec::new();
         for name in ["app", "sidecar"] {
-            let id = cri
-                .create_container(CreateContainerRequest {
-                    pod_sandbox_id: pod.clone(),
-                    config: Some(container_config(name, &["sleep", "600"])),
-                    sandbox_config: Some(config.clone()),
-                })
-                .await
-                .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\n{}", ctrd.log_tail(40)))
-                .into_inner()
-                .container_id;
-            cri.start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", ctrd.log_tail(40)));
+            let config = container_config(name, &["sleep", "600"]);
+            let id = start_container(&mut cri, &ctrd, &pod, &config_of_pod, config).await;
             ids.push(id);
         }
         // Both run in the pod's VM, which has the pod's two vCPUs, and share
@@ -165,31 +130,8 @@ fn sandbox_api_pod_runs_in_one_vm_without_a_pause_container() {
             1,
             "the VM went with the last container"
         );
-        cri.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", ctrd.log_tail(40)));
-        cri.remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", ctrd.log_tail(40)));
-
         // Nothing is left: shim, VM processes, mounts, state.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while (state_dir.exists()
-            || !ctrd.shim_pids().is_empty()
-            || !processes_mentioning(&state_dir).is_empty()
-            || !mounts_mentioning(&pod).is_empty())
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(!state_dir.exists(), "{} left behind", state_dir.display());
-        assert_eq!(ctrd.shim_pids(), Vec::<u32>::new(), "shim left behind");
-        assert_eq!(processes_mentioning(&state_dir), vec![]);
-        assert_eq!(mounts_mentioning(&pod), Vec::<String>::new(), "mounts left");
+        remove_pod(&mut cri, &ctrd, &pod).await;
         for id in &ids {
             assert_eq!(mounts_mentioning(id), Vec::<String>::new(), "mounts left");
         }

@@ -11,11 +11,10 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use firedoor_fuzz::{guest_memory, Input};
+use firedoor_fuzz::{drive_mmio_registers, guest_memory, Input};
 use firedoor_vmm::devices::virtio::fs::Fs;
 use firedoor_vmm::devices::virtio::mmio::MmioTransport;
 use firedoor_vmm::devices::virtio::VirtioInterrupt;
-use firedoor_vmm::devices::BusDevice;
 use libfuzzer_sys::fuzz_target;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -67,22 +66,5 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut transport) = MmioTransport::new(guest_memory(), dev) else {
         return;
     };
-    let mut input = Input(data);
-    while !input.is_empty() {
-        let op = input.u8();
-        // Mostly inside the 4 KiB window, now and then anywhere.
-        let offset = if op & 0x80 != 0 {
-            input.u64()
-        } else {
-            u64::from(input.u16() % 0x200)
-        };
-        let width = [1usize, 2, 4, 8][usize::from(op >> 1 & 3)];
-        if op & 1 == 0 {
-            let mut buf = [0u8; 8];
-            transport.read(offset, &mut buf[..width]);
-        } else {
-            let value = input.u64().to_le_bytes();
-            transport.write(offset, &value[..width]);
-        }
-    }
+    drive_mmio_registers(&mut transport, &mut Input(data), |_| {});
 });

@@ -2,6 +2,8 @@
 //! whose descriptor table, available ring and buffers all come from the
 //! fuzzer's input, as a hostile guest would write them.
 
+use firedoor_vmm::devices::virtio::mmio::MmioTransport;
+use firedoor_vmm::devices::BusDevice;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
@@ -105,4 +107,33 @@ pub fn fuzzed_queue(
     mem.write_slice(&data, GuestAddress(DATA_START + data_offset))
         .expect("buffers");
     vq.create_queue().expect("queue")
+}
+
+/// Drives `transport` with register accesses from `input` until it runs
+/// dry: each access is an op byte (bit 0 write, bits 1-2 width 1/2/4/8,
+/// bit 7 any offset instead of one inside the 4 KiB window), the offset,
+/// and for a write the value. `after` sees each op byte (bit 6 is left for
+/// the target, e.g. to serve a queue).
+pub fn drive_mmio_registers(
+    transport: &mut MmioTransport,
+    input: &mut Input<'_>,
+    mut after: impl FnMut(u8),
+) {
+    while !input.is_empty() {
+        let op = input.u8();
+        let offset = if op & 0x80 != 0 {
+            input.u64()
+        } else {
+            u64::from(input.u16() % 0x200)
+        };
+        let width = [1usize, 2, 4, 8][usize::from(op >> 1 & 3)];
+        if op & 1 == 0 {
+            let mut buf = [0u8; 8];
+            transport.read(offset, &mut buf[..width]);
+        } else {
+            let value = input.u64().to_le_bytes();
+            transport.write(offset, &value[..width]);
+        }
+        after(op);
+    }
 }

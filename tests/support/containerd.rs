@@ -285,6 +285,22 @@ impl Containerd {
         self.wait_status(id, "RUNNING");
     }
 
+    /// `ctr run` (attached, no `--rm`, stdin and stdout closed) on Firedoor
+    /// of `command` as container `id`; returns the running `ctr` once the
+    /// task runs, for a test that ends the task under it.
+    pub fn run_attached(&self, id: &str, command: &[&str]) -> std::process::Child {
+        let mut args = vec!["run", "--runtime", RUNTIME, image::BUSYBOX_IMAGE, id];
+        args.extend_from_slice(command);
+        let run = self
+            .ctr_command(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawning ctr run");
+        self.wait_status(id, "RUNNING");
+        run
+    }
+
     /// Sends `signal` to task `id`, waits until it stopped, then deletes the
     /// task and its container.
     pub fn kill_and_remove(&self, id: &str, signal: &str) {

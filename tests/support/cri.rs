@@ -19,7 +19,9 @@ use k8s_cri::v1::{
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::{containerd::Containerd, image::BUSYBOX_IMAGE, processes_mentioning};
+use crate::{
+    containerd::Containerd, image::BUSYBOX_IMAGE, mounts_mentioning, processes_mentioning,
+};
 
 /// A CRI runtime-service client.
 pub type Cri = RuntimeServiceClient<Channel>;
@@ -45,9 +47,19 @@ pub async fn connect(socket: PathBuf) -> Cri {
 
 /// Runs a pod on the `firedoor` handler; returns its id.
 pub async fn run_pod(cri: &mut Cri, ctrd: &Containerd, config: &PodSandboxConfig) -> String {
+    run_pod_on(cri, ctrd, config, HANDLER).await
+}
+
+/// Runs a pod on runtime handler `handler`; returns its id.
+pub async fn run_pod_on(
+    cri: &mut Cri,
+    ctrd: &Containerd,
+    config: &PodSandboxConfig,
+    handler: &str,
+) -> String {
     cri.run_pod_sandbox(RunPodSandboxRequest {
         config: Some(config.clone()),
-        runtime_handler: HANDLER.into(),
+        runtime_handler: handler.into(),
     })
     .await
     .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd.log_tail(30)))
@@ -60,8 +72,8 @@ pub fn pod_state_dir(pod: &str) -> PathBuf {
     Path::new("/run/firedoor/k8s.io").join(pod)
 }
 
-/// Stops and removes the pod and checks that its shim, VM and state are
-/// gone (waiting up to 30 s for them to go).
+/// Stops and removes the pod and checks that its shim, VM processes, mounts
+/// and state are gone (waiting up to 30 s for them to go).
 pub async fn remove_pod(cri: &mut Cri, ctrd: &Containerd, pod: &str) {
     cri.stop_pod_sandbox(StopPodSandboxRequest {
         pod_sandbox_id: pod.into(),
@@ -77,7 +89,8 @@ pub async fn remove_pod(cri: &mut Cri, ctrd: &Containerd, pod: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while (state_dir.exists()
         || !ctrd.shim_pids().is_empty()
-        || !processes_mentioning(&state_dir).is_empty())
+        || !processes_mentioning(&state_dir).is_empty()
+        || !mounts_mentioning(pod).is_empty())
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -89,6 +102,7 @@ pub async fn remove_pod(cri: &mut Cri, ctrd: &Containerd, pod: &str) {
         vec![],
         "VM processes left behind"
     );
+    assert_eq!(mounts_mentioning(pod), Vec::<String>::new(), "mounts left");
 }
 
 /// Runs a pod of `config` on `ctrd`'s CRI plugin, then `test` with a

@@ -94,6 +94,17 @@ pub fn processes_mentioning(needle: &Path) -> Vec<(u32, String)> {
     found
 }
 
+/// Lines of this host's mount table that mention `needle` (a sandbox's or
+/// container's id or state directory).
+pub fn mounts_mentioning(needle: &str) -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(String::from)
+        .collect()
+}
+
 /// Asserts that nothing a VM used under `run_base` is left: no process
 /// naming it and no file or socket in it.
 pub fn assert_nothing_left(run_base: &Path) {
