@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use firedoor_benches::summary;
+use firedoor_benches::{bar_chart_svg, summary, Bar};
 use firedoor_hypervisor::{host, qemu::Accel};
 use firedoor_tests::{
     containerd::{Containerd, RUNTIME},
@@ -191,18 +191,22 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// Median and 95th percentile, in milliseconds.
-fn median_p95(samples: &mut [Duration]) -> String {
+/// (median, p95) of `samples` in milliseconds (sorts them).
+fn median_p95_ms(samples: &mut [Duration]) -> Option<(f64, f64)> {
     samples.sort();
     if samples.is_empty() {
-        return "no samples".into();
+        return None;
     }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let p95 = samples[(samples.len() * 95).div_ceil(100).clamp(1, samples.len()) - 1];
-    format!(
-        "median {:>6.0} ms  p95 {:>6.0} ms",
-        ms(samples[samples.len() / 2]),
-        ms(p95)
-    )
+    Some((ms(samples[samples.len() / 2]), ms(p95)))
+}
+
+fn median_p95(samples: &mut [Duration]) -> String {
+    match median_p95_ms(samples) {
+        None => "no samples".into(),
+        Some((median, p95)) => format!("median {median:>6.0} ms  p95 {p95:>6.0} ms"),
+    }
 }
 
 fn find(program: &str) -> Option<PathBuf> {
@@ -293,6 +297,29 @@ fn main() {
             median_p95(&mut peer.start),
             median_p95(&mut peer.teardown)
         );
+    }
+    let bars: Vec<Bar> = peers
+        .iter_mut()
+        .filter_map(|peer| {
+            let (median_ms, p95_ms) = median_p95_ms(&mut peer.start)?;
+            Some(Bar {
+                label: peer.name.clone(),
+                median_ms,
+                p95_ms,
+            })
+        })
+        .collect();
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/ctr_run.svg");
+    let title = format!(
+        "ctr run --rm true: median (bar) and p95 (line), containerd {}, {accel}",
+        ctrd.build().version
+    );
+    match std::fs::create_dir_all(chart.parent().unwrap())
+        .map_err(|e| e.to_string())
+        .and_then(|()| bar_chart_svg(&chart, &title, &bars))
+    {
+        Ok(()) => println!("  chart: {}", chart.display()),
+        Err(e) => println!("  chart not drawn: {e}"),
     }
     let runc_median = peers[0].start[peers[0].start.len() / 2];
     if let Some(firedoor) = peers.last() {
