@@ -38,6 +38,24 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// SIGTERM to `child` (a VMM or its supervisor, stderr piped): it must
+/// exit with status 0.
+fn stop_gracefully(child: &mut std::process::Child) {
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: plain kill(2) on our own child.
+    let killed = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(killed, 0);
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "status {status:?}: {err}");
+}
+
 #[test]
 fn guest_reset_exits_zero_under_seccomp() {
     if !kvm_available() {
@@ -113,19 +131,7 @@ fn sigterm_stops_a_running_guest_with_vsock_traffic() {
     // (the guest has no vsock driver, so it is never answered).
     let mut host = UnixStream::connect(&uds).unwrap();
     host.write_all(b"CONNECT 1024\n").unwrap();
-    let pid = i32::try_from(child.id()).unwrap();
-    // SAFETY: plain kill(2) on our own child.
-    let killed = unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert_eq!(killed, 0);
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "status {status:?}: {err}");
+    stop_gracefully(&mut child);
     // The VMM is gone, so is its end of the connection.
     let mut buf = [0u8; 8];
     assert_eq!(host.read(&mut buf).unwrap_or(0), 0);
@@ -597,19 +603,7 @@ fn jailed_vmm_runs_confined() {
     host.write_all(b"CONNECT 1024\n").unwrap();
 
     // A graceful stop through the supervisor.
-    let pid = i32::try_from(supervisor.id()).unwrap();
-    // SAFETY: plain kill(2) on our own child.
-    let killed = unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert_eq!(killed, 0);
-    let status = supervisor.wait().unwrap();
-    let mut err = String::new();
-    supervisor
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "status {status:?}: {err}");
+    stop_gracefully(&mut supervisor);
     wait_until_gone(vmm);
     assert!(!uds.exists(), "the jailed VMM must remove its socket");
     assert_eq!(mounts_left_by_vmm(dir.path()), [] as [String; 0]);
