@@ -66,6 +66,9 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Guest RAM from the host's 2 MiB huge pages (`memory_mib` must be even).
     pub huge_pages: bool,
+    /// A virtio-balloon that only does free page reporting: the guest hands
+    /// the memory it frees back to the host (the host never inflates it).
+    pub free_page_reporting: bool,
     /// When the guest counts as booted.
     pub ready: ReadinessProbe,
     /// From launch to the readiness probe's connection.
@@ -140,6 +143,7 @@ impl VmSpec {
             vcpus: 1,
             memory_mib: 256,
             huge_pages: false,
+            free_page_reporting: false,
             ready: ReadinessProbe::default(),
             boot_timeout: Duration::from_secs(30),
             run_base: std::env::temp_dir(),

@@ -62,6 +62,9 @@ impl BuiltinBackend {
         if spec.huge_pages {
             args.push("--hugepages".into());
         }
+        if spec.free_page_reporting {
+            args.push("--balloon".into());
+        }
         for nic in &spec.nics {
             args.extend([
                 "--net".into(),
@@ -133,6 +136,11 @@ mod tests {
         spec.huge_pages = true;
         let huge = backend().vmm_args(&spec, &run_dir);
         assert!(huge.contains(&"--hugepages".to_string()));
+        assert!(!args.contains(&"--balloon".to_string()));
+        spec.free_page_reporting = true;
+        assert!(backend()
+            .vmm_args(&spec, &run_dir)
+            .contains(&"--balloon".to_string()));
         assert_eq!(value("--vsock-cid"), "3");
         let dir = run_dir.path().display().to_string();
         assert_eq!(value("--vsock-uds"), format!("{dir}/vsock.sock"));

@@ -161,6 +161,12 @@ impl QemuBackend {
                 ),
             ]);
         }
+        if spec.free_page_reporting {
+            args.extend([
+                "-device".into(),
+                "virtio-balloon-device,free-page-reporting=on".into(),
+            ]);
+        }
         if spec.shared_dir.is_some() {
             args.extend([
                 "-chardev".into(),
@@ -305,6 +311,28 @@ mod tests {
                  virtio-net-device,netdev=net0,mac=0a:58:0a:01:02:03,host_mtu=1450"
             ),
             "{joined}"
+        );
+    }
+
+    #[test]
+    fn free_page_reporting_adds_a_balloon_that_only_reports() {
+        let backend = QemuBackend {
+            qemu: "qemu".into(),
+            vhost_vsock: "vhost".into(),
+            virtiofsd: None,
+            accel: Accel::Tcg,
+        };
+        let run_dir = RunDir::create(&std::env::temp_dir(), None).unwrap();
+        let mut spec = VmSpec::new("/k", "/i");
+        assert!(!backend
+            .qemu_args(&spec, &run_dir)
+            .join(" ")
+            .contains("balloon"));
+        spec.free_page_reporting = true;
+        let args = backend.qemu_args(&spec, &run_dir).join(" ");
+        assert!(
+            args.contains("-device virtio-balloon-device,free-page-reporting=on"),
+            "{args}"
         );
     }
 

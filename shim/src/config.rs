@@ -23,6 +23,7 @@ use serde::{de, Deserialize, Deserializer};
 /// vcpus = 1               # vCPUs per sandbox VM
 /// memory_mib = 256        # guest memory per sandbox VM, before container limits
 /// hugepages = false       # guest memory from the host's 2 MiB huge pages (/proc/sys/vm/nr_hugepages)
+/// free_page_reporting = true  # the guest gives the memory it frees back (virtio-balloon)
 /// boot_timeout_secs = 30  # launch to agent answer
 /// log_level = "info"      # shim log level: error, warn, info, debug, trace
 /// kernel_params = []      # extra guest kernel parameters, e.g. ["firedoor.log=debug"]
@@ -43,6 +44,7 @@ pub struct Config {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub hugepages: bool,
+    pub free_page_reporting: bool,
     /// Written in seconds (`boot_timeout_secs = 30`, fractions allowed).
     #[serde(rename = "boot_timeout_secs", deserialize_with = "seconds")]
     pub boot_timeout: Duration,
@@ -76,6 +78,7 @@ impl Default for Config {
             vcpus: 1,
             memory_mib: 256,
             hugepages: false,
+            free_page_reporting: true,
             boot_timeout: Duration::from_secs(30),
             log_level: LevelFilter::Info,
             kernel_params: Vec::new(),

@@ -274,6 +274,19 @@ impl Containerd {
         Path::new("/run/firedoor/default").join(id)
     }
 
+    /// The PID of sandbox `id`'s VM process whose command line mentions
+    /// `name` (`qemu-system`, `virtiofsd`, ...), from the shim's `vm.pids`.
+    pub fn sandbox_process(id: &str, name: &str) -> i32 {
+        let pids = std::fs::read_to_string(Self::state_dir(id).join("vm.pids")).unwrap();
+        pids.lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|cmdline| cmdline.contains(name))
+            })
+            .unwrap_or_else(|| panic!("no {name} among the VM's processes {pids:?}"))
+    }
+
     /// `ctr run -d` on Firedoor of `command` as container `id`, with `flags`
     /// before the image; returns once the task runs.
     pub fn run_detached(&self, id: &str, flags: &[&str], command: &[&str]) {

@@ -89,6 +89,7 @@ pub(super) fn vm_spec(
     if spec.huge_pages {
         spec.memory_mib = spec.memory_mib.next_multiple_of(2);
     }
+    spec.free_page_reporting = config.free_page_reporting;
     spec.boot_timeout = config.boot_timeout;
     spec.kernel_params = config.kernel_params.clone();
     spec.run_base = state_dir.to_owned();
