@@ -267,8 +267,10 @@ fn host_addresses() -> String {
 
 /// OCI hooks through Docker's CDI support: a CDI device whose edits are
 /// only hooks (createRuntime, poststart, poststop: each writes the state it
-/// read and what it saw before it), `docker run --device`; they run on the
-/// host, in order, with the state the OCI spec defines.
+/// read and what it saw before it; one more createRuntime hook wires an
+/// interface into the pid's network namespace), `docker run --device`; they
+/// run on the host, in order, with the state the OCI spec defines, and the
+/// create hooks before the VM boots.
 #[test]
 fn docker_runs_cdi_hooks_on_the_host_in_order_with_the_state() {
     let ctrd = Containerd::start_build(Build::named("2.1"));
@@ -289,6 +291,18 @@ fn docker_runs_cdi_hooks_on_the_host_in_order_with_the_state() {
             "timeout": 30
         })
     };
+    // A createRuntime hook that puts an interface with an address into the
+    // namespace of the state's pid, as a CNI-calling hook would: it runs
+    // before the VM reads that namespace, so the VM's NIC has the address.
+    let wire = serde_json::json!({
+        "hookName": "createRuntime",
+        "path": "/bin/sh",
+        "args": ["sh", "-c", "pid=$(sed -n 's/.*\"pid\":\\([0-9]*\\).*/\\1/p'); \
+            nsenter --net=/proc/$pid/ns/net sh -c 'ip link add fdhook0 type veth peer name fdhook1 && \
+            ip addr add 10.231.7.2/24 dev fdhook0 && ip link set fdhook0 up && ip link set fdhook1 up'"],
+        "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+        "timeout": 30
+    });
     let spec = serde_json::json!({
         "cdiVersion": "0.6.0",
         "kind": "firedoor.test/hooks",
@@ -296,9 +310,18 @@ fn docker_runs_cdi_hooks_on_the_host_in_order_with_the_state() {
             "name": "probe",
             "containerEdits": {"hooks": [
                 hook("createRuntime", "create"),
+                wire,
                 hook("poststart", "poststart"),
                 hook("poststop", "poststop"),
             ]}
+        }, {
+            "name": "refusing",
+            "containerEdits": {"hooks": [{
+                "hookName": "createRuntime",
+                "path": "/bin/sh",
+                "args": ["sh", "-c", "echo the hook refused >&2; exit 3"],
+                "timeout": 30
+            }]}
         }]
     });
     fs::write(cdi.join("firedoor-hooks.json"), spec.to_string()).unwrap();
@@ -323,8 +346,9 @@ fn docker_runs_cdi_hooks_on_the_host_in_order_with_the_state() {
         "--device",
         "firedoor.test/hooks=probe",
         BUSYBOX,
-        "echo",
-        "hooked",
+        "sh",
+        "-c",
+        "echo hooked; ip -o -4 addr show eth0",
     ]);
     assert!(
         out.status.success(),
@@ -333,7 +357,12 @@ fn docker_runs_cdi_hooks_on_the_host_in_order_with_the_state() {
         docker.log_tail(30),
         ctrd.log_tail(30)
     );
-    assert_eq!(text(&out.stdout), "hooked\n");
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("hooked\n"), "{stdout}");
+    assert!(
+        stdout.contains(" 10.231.7.2/24 "),
+        "no NIC from the hook: {stdout}"
+    );
     let id = docker.docker_ok(&["inspect", "-f", "{{.Id}}", name]);
     let id = id.trim();
     // poststop runs when the task is deleted: docker rm.
@@ -366,4 +395,32 @@ fn docker_runs_cdi_hooks_on_the_host_in_order_with_the_state() {
     assert!(read("poststart.before").contains("create.json"));
     assert!(read("poststop.before").contains("poststart.json"));
     assert_vm_gone(&ctrd, id);
+
+    // A failing createRuntime hook fails the run, naming it, and leaves
+    // nothing behind.
+    let out = docker.docker(&[
+        "run",
+        "--name",
+        "fd-docker-refused",
+        "--pull",
+        "never",
+        "--runtime",
+        RUNTIME,
+        "--network",
+        "none",
+        "--device",
+        "firedoor.test/hooks=refusing",
+        BUSYBOX,
+        "echo",
+        "never",
+    ]);
+    assert!(!out.status.success(), "ran despite the failing hook");
+    assert!(
+        text(&out.stderr).contains("the hook refused"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "");
+    let refused = docker.docker_ok(&["inspect", "-f", "{{.Id}}", "fd-docker-refused"]);
+    assert_vm_gone(&ctrd, refused.trim());
 }
