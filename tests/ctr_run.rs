@@ -344,7 +344,7 @@ fn host_hooks_run_with_the_state_and_a_pid_in_the_containers_netns() {
     assert_eq!(text(&out.stdout), "hooked\n");
     let read = |name: &str| fs::read_to_string(out_dir.join(name)).unwrap_or_default();
     for (phase, status) in [
-        ("create", "created"),
+        ("create", "creating"),
         ("poststart", "running"),
         ("poststop", "stopped"),
     ] {

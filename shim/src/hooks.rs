@@ -1,13 +1,14 @@
-//! OCI hooks that belong to the host: `prestart` and `createRuntime` (after
-//! the container is created, before it starts), `poststart` and `poststop`,
-//! run by the shim as runc runs them: the hook's `path` with its `args`
-//! (`args[0]` as argv[0]) and exactly its `env`, the container's state JSON
-//! on stdin, its `timeout`.
+//! OCI hooks that belong to the host: `prestart` and `createRuntime` (during
+//! create, before the sandbox VM boots, so that interfaces they put into the
+//! container's network namespace become the VM's NICs), `poststart` and
+//! `poststop`, run by the shim as runc runs them: the hook's `path` with its
+//! `args` (`args[0]` as argv[0]) and exactly its `env`, the container's
+//! state JSON on stdin, its `timeout`.
 //!
 //! The state's `pid` is a host process in the container's network namespace
-//! (Docker's `libnetwork-setkey` finds the namespace to configure through
-//! it): a [`NetnsAnchor`] that sits in the namespace the spec names, or in a
-//! new one for a spec that asks for a new namespace.
+//! (a CNI-calling hook such as nerdctl's finds the namespace to configure
+//! through it): a [`NetnsAnchor`] that sits in the namespace the spec names,
+//! or in a new one for a spec that asks for a new namespace.
 //!
 //! `createContainer` and `startContainer` hooks run in the container's own
 //! namespaces, which are inside the guest, where no host binary exists: they
@@ -19,6 +20,7 @@ use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
+    sync::Arc,
     time::Duration,
 };
 
@@ -92,7 +94,7 @@ impl HostHooks {
 #[derive(Debug)]
 pub struct ContainerHooks {
     hooks: HostHooks,
-    anchor: NetnsAnchor,
+    anchor: Arc<NetnsAnchor>,
     id: String,
     bundle: PathBuf,
     oci_version: String,
@@ -100,20 +102,23 @@ pub struct ContainerHooks {
 }
 
 impl ContainerHooks {
-    /// `None` when `spec` has no host-side hook (nothing is started then).
-    pub fn prepare(spec: &Spec, id: &str, bundle: &Path) -> Result<Option<Self>, HookError> {
-        let hooks = HostHooks::of(spec);
-        if hooks.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(ContainerHooks {
+    /// The `hooks` of container `id` (spec `spec`, bundle `bundle`), whose
+    /// state names `anchor`'s pid.
+    pub fn new(
+        hooks: HostHooks,
+        anchor: Arc<NetnsAnchor>,
+        spec: &Spec,
+        id: &str,
+        bundle: &Path,
+    ) -> Self {
+        ContainerHooks {
             hooks,
-            anchor: NetnsAnchor::start(spec)?,
+            anchor,
             id: id.into(),
             bundle: bundle.to_owned(),
             oci_version: spec.version().clone(),
             annotations: spec.annotations().clone(),
-        }))
+        }
     }
 
     /// The OCI state a hook reads on stdin.
@@ -129,10 +134,12 @@ impl ContainerHooks {
         serde_json::to_vec(&state).unwrap_or_default()
     }
 
-    /// After the container was created: `prestart`, `createRuntime`. An
+    /// While the container is being created (its rootfs is mounted, its
+    /// network namespace exists, the VM has not read it yet): `prestart`,
+    /// `createRuntime`, with the status `creating` runc gives them. An
     /// error fails the create.
-    pub fn created(&self) -> Result<(), HookError> {
-        let state = self.state(ContainerState::Created);
+    pub fn creating(&self) -> Result<(), HookError> {
+        let state = self.state(ContainerState::Creating);
         run("createRuntime", &self.hooks.create, &state)
     }
 
@@ -337,6 +344,11 @@ impl NetnsAnchor {
     pub fn pid(&self) -> u32 {
         self.pid
     }
+
+    /// The anchor's network namespace, valid while the anchor lives.
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.pid))
+    }
 }
 
 /// The anchor's whole life: wait to be killed.
@@ -375,24 +387,22 @@ mod tests {
         // The test binary cannot be the anchor program: sleep stands in.
         let mut sleep = Command::new("sleep");
         sleep.arg("1000");
-        let hooks = ContainerHooks {
-            hooks: HostHooks::of(&spec),
-            anchor: NetnsAnchor::start_command(&spec, sleep).unwrap(),
-            id: "c1".into(),
-            bundle: dir.path().to_owned(),
-            oci_version: spec.version().clone(),
-            annotations: None,
-        };
-        hooks.created().unwrap();
+        let anchor = Arc::new(NetnsAnchor::start_command(&spec, sleep).unwrap());
+        let hooks = ContainerHooks::new(HostHooks::of(&spec), anchor, &spec, "c1", dir.path());
+        hooks.creating().unwrap();
         let seen: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.with_extension("state")).unwrap())
                 .unwrap();
         assert_eq!(seen["id"], "c1");
-        assert_eq!(seen["status"], "created");
+        assert_eq!(seen["status"], "creating");
         assert_eq!(seen["pid"], hooks.anchor.pid());
         // The spec asks for a new network namespace: the anchor has its own.
         let netns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
         assert_ne!(netns(&hooks.anchor.pid().to_string()), netns("self"));
+        assert_eq!(
+            std::fs::read_link(hooks.anchor.netns_path()).unwrap(),
+            netns(&hooks.anchor.pid().to_string())
+        );
         assert_eq!(seen["bundle"], dir.path().display().to_string());
         // argv[0] is args[0]; the environment is exactly the hook's.
         let args = std::fs::read_to_string(out.with_extension("args")).unwrap();

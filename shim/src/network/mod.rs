@@ -99,6 +99,35 @@ pub fn asks_for_host_network(spec: &Spec) -> bool {
         })
 }
 
+/// Whether the spec asks for a network namespace of its own, made by the
+/// runtime (an entry without a path: `ctr run`'s default, Docker's): its
+/// creator may configure it between create and start, through the pid
+/// create reports, as it would with runc.
+pub fn asks_for_new_network(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|namespaces| {
+            namespaces
+                .iter()
+                .any(|ns| ns.typ() == LinuxNamespaceType::Network && ns.path().is_none())
+        })
+}
+
+/// Gives the spec's network namespace entry the path `netns` (the host
+/// namespace the shim made for it).
+pub fn set_netns_path(spec: &mut Spec, netns: &Path) {
+    let namespaces = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.namespaces_mut().as_mut());
+    for ns in namespaces.into_iter().flatten() {
+        if ns.typ() == LinuxNamespaceType::Network {
+            ns.set_path(Some(netns.to_owned()));
+        }
+    }
+}
+
 /// One CNI interface joined to a tap.
 #[derive(Debug)]
 struct Attached {
@@ -124,6 +153,9 @@ struct Route {
 #[derive(Debug)]
 pub struct PodNetwork {
     netns: PathBuf,
+    /// The namespace itself, held open: detach must find it even when
+    /// `netns` names a process that has ended (the hooks' anchor).
+    netns_file: std::fs::File,
     nics: Vec<Attached>,
     routes: Vec<Route>,
 }
@@ -146,7 +178,8 @@ impl PodNetwork {
     /// empty namespace (no CNI interface) gives a network without NICs.
     /// On error nothing is left in the namespace.
     pub fn attach(netns: &Path) -> Result<PodNetwork> {
-        let (nics, routes) = netns::run_in(netns, || {
+        let netns_file = netns::open(netns)?;
+        let (nics, routes) = netns::run_in_open(&netns_file, netns, || {
             let mut socket = RouteSocket::open().map_err(netlink_err("opening a route socket"))?;
             let found = find_interfaces(&mut socket)?;
             let mut nics = Vec::new();
@@ -175,6 +208,7 @@ impl PodNetwork {
         }
         Ok(PodNetwork {
             netns: netns.to_owned(),
+            netns_file,
             nics,
             routes,
         })
@@ -238,8 +272,13 @@ impl PodNetwork {
     /// Removes what [`PodNetwork::attach`] added: the veths' ingress qdiscs
     /// (with their filters) and the taps. Call after the VM has exited.
     pub fn detach(self) {
-        let PodNetwork { netns, nics, .. } = self;
-        let result = netns::run_in(&netns, || {
+        let PodNetwork {
+            netns,
+            netns_file,
+            nics,
+            ..
+        } = self;
+        let result = netns::run_in_open(&netns_file, &netns, || {
             let mut socket = RouteSocket::open().map_err(netlink_err("opening a route socket"))?;
             for nic in &nics {
                 detach_one(&mut socket, nic);

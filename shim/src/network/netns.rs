@@ -11,15 +11,33 @@ use super::{NetworkError, Result};
 /// Runs `work` in the network namespace at `path` (a bind-mounted nsfs
 /// file such as `/var/run/netns/cni-...`).
 pub fn run_in<T: Send>(path: &Path, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let enter_err = |source| NetworkError::Enter {
+    let netns = open(path)?;
+    run_in_open(&netns, path, work)
+}
+
+/// Opens the network namespace at `path`: the descriptor keeps naming it
+/// when the path no longer does (`/proc/<pid>/ns/net` of a process that
+/// ended, whose pid may be reused).
+pub fn open(path: &Path) -> Result<File> {
+    File::open(path).map_err(|source| NetworkError::Enter {
         path: path.to_owned(),
         source,
-    };
-    let netns = File::open(path).map_err(enter_err)?;
+    })
+}
+
+/// Runs `work` in the network namespace `netns` (opened from `path`).
+pub fn run_in_open<T: Send>(
+    netns: &File,
+    path: &Path,
+    work: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
-                setns(&netns, CloneFlags::CLONE_NEWNET).map_err(|e| enter_err(e.into()))?;
+                setns(netns, CloneFlags::CLONE_NEWNET).map_err(|e| NetworkError::Enter {
+                    path: path.to_owned(),
+                    source: e.into(),
+                })?;
                 work()
             })
             .join()

@@ -117,6 +117,13 @@ fn the_netns_comes_from_the_spec_network_entry_with_a_path() {
     let host: Spec = serde_json::from_str(r#"{"ociVersion": "1.0.2", "linux": {}}"#).unwrap();
     assert_eq!(netns_path(&host), None);
     assert!(asks_for_host_network(&host));
+    assert!(asks_for_new_network(&fresh));
+    assert!(!asks_for_new_network(&spec) && !asks_for_new_network(&host));
+    // The shim's own namespace for a fresh one: then named by path.
+    let mut made = fresh.clone();
+    set_netns_path(&mut made, Path::new("/proc/42/ns/net"));
+    assert_eq!(netns_path(&made), Some("/proc/42/ns/net".into()));
+    assert!(!asks_for_new_network(&made));
 }
 
 #[test]

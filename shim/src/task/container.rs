@@ -23,6 +23,12 @@ pub(crate) struct Container {
     pub oom_reported: Arc<AtomicBool>,
     /// Its OCI hooks that run on the host, if it has any.
     pub hooks: Option<Arc<crate::hooks::ContainerHooks>>,
+    /// The host process in its network namespace (the hooks' pid, and the
+    /// pid create reported when the VM boots at start). Held until the
+    /// container is deleted.
+    pub anchor: Option<Arc<crate::hooks::NetnsAnchor>>,
+    /// Set from create to start when the VM boots at start.
+    pub deferred: Option<super::container_create::DeferredBoot>,
 }
 
 /// What the host made for one container, so that exactly that is undone

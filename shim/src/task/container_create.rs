@@ -1,7 +1,11 @@
 //! Create: work out a plan (the guest's spec and what to share with it),
-//! then carry it out: mount the rootfs, boot the sandbox VM if this is its
-//! first container, share the rootfs and bind-mount sources with the guest,
-//! create the container in the guest and attach its stdio.
+//! then carry it out: mount the rootfs, run the host-side create hooks,
+//! boot the sandbox VM if this is its first container, share the rootfs and
+//! bind-mount sources with the guest, create the container in the guest and
+//! attach its stdio. The first container of a sandbox that asks for a
+//! network namespace of its own leaves the boot and what follows to start
+//! ([`boot_deferred`]), so that what its creator puts into that namespace
+//! after create (Docker's veth) becomes the VM's network.
 
 use std::{
     collections::HashMap,
@@ -9,7 +13,7 @@ use std::{
     sync::{atomic::AtomicBool, Arc},
 };
 
-use containerd_shim::api;
+use containerd_shim::{api, protos::protobuf::well_known_types::any::Any};
 use containerd_shim_protos::api::Mount as ContainerdMount;
 use firedoor_protocol::{agent::CreateContainerRequest, stdio::valid_id, GUEST_SHARED_DIR};
 use log::info;
@@ -21,7 +25,7 @@ use super::{
 };
 use crate::{
     error::{Result, ShimError},
-    hooks::ContainerHooks,
+    hooks::{ContainerHooks, HostHooks, NetnsAnchor},
     mount,
     sandbox::{
         slot::{BootRequest, FirstContainer},
@@ -56,6 +60,39 @@ pub(super) fn create(
     if let Some(pod) = shared.pod_namespaces.get() {
         pod.map(id, &mut oci, |other| shared.running_init(other));
     }
+    // The first container of a sandbox that asks for a network namespace
+    // of its own gets one on the host, parked in by an anchor process whose
+    // pid create reports: its creator configures it between create and
+    // start through that pid, as with runc (Docker moves its veth into
+    // `/proc/<pid>/ns/net`), and the VM boots at start with the interfaces
+    // found there as NICs. Reporting a guest pid instead would send Docker
+    // into the namespace of whatever host process has that number.
+    let boots_at_start = !shared.sandbox_api()
+        && shared.sandbox.get().is_none()
+        && crate::network::asks_for_new_network(&oci);
+    let host_hooks = HostHooks::of(&oci);
+    let anchor = if boots_at_start || !host_hooks.is_empty() {
+        Some(Arc::new(
+            NetnsAnchor::start(&oci).map_err(|e| ShimError::Internal(e.into()))?,
+        ))
+    } else {
+        None
+    };
+    let hooks = match &anchor {
+        Some(anchor) if !host_hooks.is_empty() => Some(Arc::new(ContainerHooks::new(
+            host_hooks,
+            anchor.clone(),
+            &oci,
+            id,
+            &bundle,
+        ))),
+        _ => None,
+    };
+    if let (true, Some(anchor)) = (boots_at_start, &anchor) {
+        // The anchor's namespace is the pod's: the VM's NICs come from it,
+        // and in the guest the container joins the pod network namespace.
+        crate::network::set_netns_path(&mut oci, &anchor.netns_path());
+    }
     let plan = CreatePlan::new(&shared.state_dir, id, &bundle, &oci, &req.rootfs)?;
     let stdio = StdioPaths {
         stdin: req.stdin.clone(),
@@ -70,53 +107,45 @@ pub(super) fn create(
         mount::mount_rootfs(&plan.rootfs_mounts, &plan.rootfs)?;
         pending.footprint.rootfs_mount = Some(plan.rootfs.clone());
     }
+    // Host-side OCI hooks (the guest's spec has none), before the VM reads
+    // the network namespace they may configure; a failing
+    // prestart/createRuntime hook fails the create.
+    if let Some(hooks) = &hooks {
+        hooks
+            .creating()
+            .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
+    }
+    let init = Arc::new(Process::new(id, "", stdio.clone(), None));
     let no_annotations = HashMap::new();
-    let sandbox = if shared.sandbox_api() {
-        // StartSandbox booted it; a stopped sandbox takes no containers.
-        shared.sandbox.running()?
-    } else {
-        SandboxSlot::get_or_boot(
-            shared,
-            BootRequest {
+    let (pid, deferred) = match (boots_at_start, &anchor) {
+        (true, Some(anchor)) => {
+            let deferred = DeferredBoot {
+                plan,
+                annotations: oci.annotations().clone().unwrap_or_default(),
+                first: FirstContainer::of(&oci),
+                options: req.options.as_ref().cloned(),
+            };
+            (anchor.pid(), Some(deferred))
+        }
+        _ => {
+            let boot = BootRequest {
                 config: &shared.config,
                 state_dir: &shared.state_dir,
                 annotations: oci.annotations().as_ref().unwrap_or(&no_annotations),
                 first: FirstContainer::of(&oci),
                 options: req.options.as_ref(),
-            },
-        )?
+            };
+            let sandbox = if shared.sandbox_api() {
+                // StartSandbox booted it; a stopped sandbox takes no containers.
+                shared.sandbox.running()?
+            } else {
+                SandboxSlot::get_or_boot(shared, boot)?
+            };
+            let pid = create_in_guest(shared, &sandbox, id, &plan, &init, &mut pending)?;
+            (pid, None)
+        }
     };
-    pending.sandbox = Some(sandbox.clone());
-    pending.footprint.share = Some(plan.share.clone());
-    for (source, name) in &plan.binds {
-        mount::bind(source, &plan.share.join(name), false)?;
-    }
-    let reply = sandbox.agent().create_container(&CreateContainerRequest {
-        container_id: id.into(),
-        oci_spec_json: plan.guest_spec_json,
-        rootfs: plan.guest_rootfs,
-        stdio: Some(stdio.agent_stdio()).into(),
-        ..Default::default()
-    })?;
-    pending.footprint.in_guest = true;
-
-    let io = ProcessIo::attach(&stdio, id, "", &shared.namespace, &|| {
-        sandbox.connect_stdio()
-    })
-    .map_err(|e| ShimError::Internal(e.context("attaching the container's stdio")))?;
-    // Host-side OCI hooks (the guest's spec has none); a failing
-    // prestart/createRuntime hook fails the create.
-    let hooks = ContainerHooks::prepare(&oci, id, &bundle)
-        .map_err(|e| ShimError::Internal(e.into()))?
-        .map(Arc::new);
-    if let Some(hooks) = &hooks {
-        hooks
-            .created()
-            .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
-    }
-    let init = Arc::new(Process::new(id, "", stdio.clone(), None));
-    init.set_pid(reply.pid);
-    *init.io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io);
+    init.set_pid(pid);
 
     shared.containers().insert(
         id.to_string(),
@@ -128,20 +157,100 @@ pub(super) fn create(
             paused: false,
             oom_reported: Arc::new(AtomicBool::new(false)),
             hooks,
+            anchor,
+            deferred,
         },
     );
-    info!("created container {id} (guest pid {})", reply.pid);
+    if boots_at_start {
+        info!("created container {id} (host pid {pid} in its network namespace; the VM boots at start)");
+    } else {
+        info!("created container {id} (guest pid {pid})");
+    }
     shared.events.create(
         id,
         &req.bundle,
         req.terminal,
         [&req.stdin, &req.stdout, &req.stderr],
-        reply.pid,
+        pid,
     );
     Ok(api::CreateTaskResponse {
-        pid: reply.pid,
+        pid,
         ..Default::default()
     })
+}
+
+/// What start needs to boot the sandbox VM of a container whose create
+/// left that to it (see [`create`]).
+pub(crate) struct DeferredBoot {
+    plan: CreatePlan,
+    annotations: HashMap<String, String>,
+    first: FirstContainer,
+    options: Option<Any>,
+}
+
+/// Start of a container whose create deferred the boot: boots the sandbox
+/// VM (the network namespace now holds what its creator put there), creates
+/// the container in the guest and attaches its stdio. The container's
+/// footprint grows by what is made; on error it is left as it was.
+pub(super) fn boot_deferred(shared: &Arc<Shared>, id: &str, deferred: DeferredBoot) -> Result<()> {
+    let init = shared.process(id, "")?;
+    let mut pending = Pending::new(id);
+    let sandbox = SandboxSlot::get_or_boot(
+        shared,
+        BootRequest {
+            config: &shared.config,
+            state_dir: &shared.state_dir,
+            annotations: &deferred.annotations,
+            first: deferred.first.clone(),
+            options: deferred.options.as_ref(),
+        },
+    )?;
+    let guest_pid = create_in_guest(shared, &sandbox, id, &deferred.plan, &init, &mut pending)?;
+    let made = pending.keep();
+    let mut containers = shared.containers();
+    let Some(container) = containers.get_mut(id) else {
+        // Deleted meanwhile: undo what was made for it.
+        drop(containers);
+        let mut made = made;
+        made.release(id, Some(&sandbox));
+        return Err(ShimError::NotFound(format!("container {id} not found")));
+    };
+    container.footprint.share = made.share;
+    container.footprint.in_guest = made.in_guest;
+    info!("container {id} created in the guest (guest pid {guest_pid})");
+    Ok(())
+}
+
+/// Shares the container's rootfs and bind sources with the guest, creates
+/// it there and attaches its stdio to `init`; returns its guest pid. What
+/// is made is recorded in `pending`.
+fn create_in_guest(
+    shared: &Arc<Shared>,
+    sandbox: &Arc<Sandbox>,
+    id: &str,
+    plan: &CreatePlan,
+    init: &Process,
+    pending: &mut Pending,
+) -> Result<u32> {
+    pending.sandbox = Some(sandbox.clone());
+    pending.footprint.share = Some(plan.share.clone());
+    for (source, name) in &plan.binds {
+        mount::bind(source, &plan.share.join(name), false)?;
+    }
+    let reply = sandbox.agent().create_container(&CreateContainerRequest {
+        container_id: id.into(),
+        oci_spec_json: plan.guest_spec_json.clone(),
+        rootfs: plan.guest_rootfs.clone(),
+        stdio: Some(init.stdio.agent_stdio()).into(),
+        ..Default::default()
+    })?;
+    pending.footprint.in_guest = true;
+    let io = ProcessIo::attach(&init.stdio, id, "", &shared.namespace, &|| {
+        sandbox.connect_stdio()
+    })
+    .map_err(|e| ShimError::Internal(e.context("attaching the container's stdio")))?;
+    *init.io.lock().unwrap_or_else(|e| e.into_inner()) = Some(io);
+    Ok(reply.pid)
 }
 
 /// Everything create will do, worked out before anything is done.

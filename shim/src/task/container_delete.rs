@@ -72,5 +72,7 @@ pub(super) fn delete(shared: &Arc<Shared>, req: api::DeleteRequest) -> Result<ap
     if shared.containers().is_empty() && !shared.sandbox_api() {
         shared.sandbox.shut_down(&shared.state_dir);
     }
+    // Last, after the VM: the anchor's process is what Docker's pid names.
+    drop(container.anchor.take());
     Ok(response)
 }

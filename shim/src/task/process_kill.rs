@@ -3,7 +3,7 @@
 
 use containerd_shim::{api, api::Empty};
 
-use super::{process::Phase, Shared};
+use super::{process::Phase, ExitInfo, Shared};
 use crate::error::{Result, ShimError};
 
 pub(super) fn kill(shared: &Shared, req: api::KillRequest) -> Result<Empty> {
@@ -18,6 +18,17 @@ pub(super) fn kill(shared: &Shared, req: api::KillRequest) -> Result<Empty> {
             )))
         }
         _ => {}
+    }
+    // A container whose VM boots at start has nothing running yet: like a
+    // runc container killed before start, it ends with the signal.
+    let never_booted = req.exec_id.is_empty()
+        && shared
+            .containers()
+            .get(&req.id)
+            .is_some_and(|c| c.deferred.is_some());
+    if never_booted {
+        shared.report_exit(&process, ExitInfo::now(128 + req.signal));
+        return Ok(Empty::default());
     }
     shared
         .sandbox

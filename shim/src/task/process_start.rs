@@ -12,7 +12,7 @@ use crate::{
     stdio::ProcessIo,
 };
 
-/// The exit status of an exec that could not be started (runc's shim also
+/// The exit status of a process that could not be started (runc's shim also
 /// releases its waiters then).
 const EXEC_FAILED_STATUS: u32 = 255;
 
@@ -23,6 +23,21 @@ pub(super) fn start(shared: &Arc<Shared>, req: api::StartRequest) -> Result<api:
         return Err(ShimError::FailedPrecondition(format!(
             "process {exec_id:?} of container {id} was already started"
         )));
+    }
+    if exec_id.is_empty() {
+        // The VM boots now if create left that to start.
+        let deferred = shared
+            .containers()
+            .get_mut(id)
+            .and_then(|c| c.deferred.take());
+        if let Some(deferred) = deferred {
+            if let Err(e) = super::container_create::boot_deferred(shared, id, deferred) {
+                // It will never run: as a stopped task, containerd's
+                // clients (ctr run's cleanup) can delete it.
+                shared.report_exit(&process, ExitInfo::now(EXEC_FAILED_STATUS));
+                return Err(e);
+            }
+        }
     }
     let sandbox = shared.sandbox.running()?;
     let agent = sandbox.agent();
