@@ -535,6 +535,31 @@ fn two_pods_on_the_bridge(ctrd: &Containerd) {
             reply.starts_with("HTTP/1.") && reply.ends_with("hello-from-web\n"),
             "{reply}"
         );
+        // A figure, not a target: PortForward + WebSocket + GET, host ->
+        // pod through the netns NAT and the VM's NIC.
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let started = Instant::now();
+            let url = cri
+                .port_forward(PortForwardRequest {
+                    pod_sandbox_id: web.clone(),
+                    port: vec![8080],
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .url;
+            let (reply, _) = tokio::task::spawn_blocking(move || port_forward_get(&url, 8080))
+                .await
+                .unwrap();
+            assert!(reply.ends_with("hello-from-web\n"), "{reply}");
+            times.push(started.elapsed());
+        }
+        times.sort();
+        eprintln!(
+            "CRI PortForward request + HTTP GET through the VM's NIC: median {:?} (min {:?}, max {:?}, n=5)",
+            times[2], times[0], times[4]
+        );
         // Any port, with no listener of ours for it: one that nobody in
         // the guest serves is refused, by the guest, through the same path.
         let url = cri
