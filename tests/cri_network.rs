@@ -3,12 +3,13 @@
 //! directory, a bridge and a private /24 of the test's own, no masquerade:
 //! nothing leaves the host), the shim joins the pod's veth to the VM's NIC
 //! by tc redirects, and the pod is reached by its IP from another pod and
-//! from the host.
+//! from the host, and through CRI PortForward.
 
 use std::{
-    fs,
+    fs::{self, File},
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -20,9 +21,16 @@ use firedoor_tests::{
     processes_mentioning,
 };
 use k8s_cri::v1::{
-    DnsConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
+    DnsConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortForwardRequest,
     RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
 };
+use tungstenite::{client::IntoClientRequest, Message};
+
+/// What the shim adds to the pod's CNI namespace for port forwarding: the
+/// nftables table and the tap's end of the link-local pair.
+const PORT_FORWARD_TABLE: &str = "firedoor_portfwd";
+const PORT_FORWARD_HOST_ADDRESS: &str = "169.254.77.1/30";
+const PORT_FORWARD_GUEST_ADDRESS: &str = "169.254.77.2/30";
 
 /// The test's own bridge network, written before containerd's first pod
 /// (containerd takes the first conflist by name: ours sorts before the
@@ -204,6 +212,68 @@ fn host_fetch(ip: &str, port: u16) -> String {
     }
 }
 
+/// CRI PortForward of `port` as kubectl's WebSocket client speaks it to
+/// the streaming server at `url` (the kubelet's `v4.channel.k8s.io`
+/// protocol, which containerd 1.6 and 2.1 serve beside SPDY): binary
+/// messages whose first byte is a channel, 0 the port's data and 1 its
+/// errors, each channel starting with the port (2 bytes, little endian).
+/// Sends an HTTP/1.0 GET; returns what came on the data and the error
+/// channel after the port, once the page is complete, an error came, or
+/// the stream ended.
+fn port_forward_get(url: &str, port: u16) -> (String, String) {
+    let ws_url = format!("{}?port={port}", url.replacen("http://", "ws://", 1));
+    let authority = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("PortForward URL {url:?}: not http://host:port/..."));
+    let stream = TcpStream::connect(authority).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut request = ws_url.as_str().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v4.channel.k8s.io".parse().unwrap(),
+    );
+    let (mut socket, _) =
+        tungstenite::client(request, stream).unwrap_or_else(|e| panic!("{ws_url}: {e}"));
+    let mut get = vec![0u8];
+    get.extend_from_slice(b"GET / HTTP/1.0\r\nHost: pod\r\n\r\n");
+    socket.send(Message::Binary(get.into())).unwrap();
+    let port_prefix = port.to_le_bytes();
+    let (mut data, mut errors) = (Vec::new(), Vec::new());
+    let done = |data: &[u8], errors: &[u8]| {
+        errors.len() > port_prefix.len()
+            || String::from_utf8_lossy(data).contains("hello-from-web\n")
+    };
+    while !done(&data, &errors) {
+        match socket.read() {
+            Ok(Message::Binary(frame)) => match frame.first() {
+                Some(0) => data.extend_from_slice(&frame[1..]),
+                Some(1) => errors.extend_from_slice(&frame[1..]),
+                _ => panic!("a frame on no channel of port {port}: {frame:?}"),
+            },
+            Ok(Message::Close(_))
+            | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                break
+            }
+            Ok(_) => {}
+            Err(e) => panic!("port-forward stream: {e}; so far {data:?} {errors:?}"),
+        }
+    }
+    let _ = socket.close(None);
+    for channel in [&data, &errors] {
+        assert!(
+            channel.starts_with(&port_prefix),
+            "a channel of port {port} without the port first: {channel:?}"
+        );
+    }
+    (
+        String::from_utf8_lossy(&data[2..]).into_owned(),
+        String::from_utf8_lossy(&errors[2..]).into_owned(),
+    )
+}
+
 fn in_netns(netns: &Path, args: &[&str]) -> String {
     let out = Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
@@ -230,6 +300,22 @@ async fn remove_pod(cri: &mut Cri, pod: &str) {
     })
     .await
     .unwrap();
+}
+
+/// Nothing of the shim's in the namespace: no tap, no tc filter, no NAT
+/// table, no link-local address.
+fn assert_netns_has_nothing_of_ours(netns: &Path) {
+    let tables = in_netns(netns, &["nft", "list", "tables"]);
+    assert!(!tables.contains(PORT_FORWARD_TABLE), "{tables}");
+    let addresses = in_netns(netns, &["ip", "-o", "addr", "show"]);
+    assert!(!addresses.contains("169.254.77."), "{addresses}");
+    let links = in_netns(netns, &["ip", "-o", "link", "show"]);
+    assert!(!links.contains("fdtap"), "{links}");
+    for link in links.lines().filter_map(|l| l.split(": ").nth(1)) {
+        let device = link.split('@').next().unwrap_or(link);
+        let filters = in_netns(netns, &["tc", "filter", "show", "dev", device, "ingress"]);
+        assert_eq!(filters, "", "{device}: {filters}");
+    }
 }
 
 /// Waits until the pod's shim state is gone, then checks nothing is left.
@@ -418,6 +504,79 @@ fn two_pods_on_the_bridge(ctrd: &Containerd) {
         let reply = host_fetch(&network.gateway(), network.host_port);
         assert!(reply.ends_with("hello-from-web\n"), "{reply}");
 
+        // CRI PortForward: containerd dials 127.0.0.1:8080 in the pod's
+        // netns; the shim's NAT there takes it to the guest's end of the
+        // link-local pair.
+        let table = in_netns(
+            &web_netns,
+            &["nft", "list", "table", "ip", PORT_FORWARD_TABLE],
+        );
+        assert!(table.contains("dnat to 169.254.77.2"), "{table}");
+        let tap = in_netns(&web_netns, &["ip", "-o", "addr", "show", "dev", "fdtap0"]);
+        assert!(tap.contains(PORT_FORWARD_HOST_ADDRESS), "{tap}");
+        assert!(
+            guest.contains(PORT_FORWARD_GUEST_ADDRESS),
+            "the guest's end of the pair: {guest}"
+        );
+        let url = cri
+            .port_forward(PortForwardRequest {
+                pod_sandbox_id: web.clone(),
+                port: vec![8080],
+            })
+            .await
+            .unwrap_or_else(|e| panic!("PortForward: {e}\n{}", ctrd.log_tail(40)))
+            .into_inner()
+            .url;
+        let (reply, errors) = tokio::task::spawn_blocking(move || port_forward_get(&url, 8080))
+            .await
+            .unwrap();
+        assert_eq!(errors, "", "{}", ctrd.log_tail(40));
+        assert!(
+            reply.starts_with("HTTP/1.") && reply.ends_with("hello-from-web\n"),
+            "{reply}"
+        );
+        // A figure, not a target: PortForward + WebSocket + GET, host ->
+        // pod through the netns NAT and the VM's NIC.
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let started = Instant::now();
+            let url = cri
+                .port_forward(PortForwardRequest {
+                    pod_sandbox_id: web.clone(),
+                    port: vec![8080],
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .url;
+            let (reply, _) = tokio::task::spawn_blocking(move || port_forward_get(&url, 8080))
+                .await
+                .unwrap();
+            assert!(reply.ends_with("hello-from-web\n"), "{reply}");
+            times.push(started.elapsed());
+        }
+        times.sort();
+        eprintln!(
+            "CRI PortForward request + HTTP GET through the VM's NIC: median {:?} (min {:?}, max {:?}, n=5)",
+            times[2], times[0], times[4]
+        );
+        // Any port, with no listener of ours for it: one that nobody in
+        // the guest serves is refused, by the guest, through the same path.
+        let url = cri
+            .port_forward(PortForwardRequest {
+                pod_sandbox_id: web.clone(),
+                port: vec![8081],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .url;
+        let (reply, errors) = tokio::task::spawn_blocking(move || port_forward_get(&url, 8081))
+            .await
+            .unwrap();
+        assert_eq!(reply, "");
+        assert!(errors.contains("8081"), "{errors}");
+
         // Another pod, by pod IP; and the host's bridge address from it.
         let client_config = pod_config("client", &logs);
         let client_pod = run_pod(&mut cri, ctrd, &client_config).await;
@@ -447,10 +606,20 @@ fn two_pods_on_the_bridge(ctrd: &Containerd) {
         let _ = server;
 
         assert_eq!(network.ports().len(), 2, "{:?}", network.ports());
+        // Held open, the web pod's namespace outlives its removal, so that
+        // what the shim left in it (CNI DEL removes only its veth) shows.
+        let web_netns_held = File::open(&web_netns).unwrap();
         remove_pod(&mut cri, &web).await;
         remove_pod(&mut cri, &client_pod).await;
         assert_pod_gone(ctrd, &web, &web_netns).await;
         assert_pod_gone(ctrd, &client_pod, &client_netns).await;
+        let held = PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            web_netns_held.as_raw_fd()
+        ));
+        assert_netns_has_nothing_of_ours(&held);
+        drop(web_netns_held);
         assert_eq!(network.ports(), Vec::<String>::new(), "veths left");
         assert_eq!(ctrd.shim_pids(), Vec::<u32>::new(), "shim left behind");
     });
@@ -532,6 +701,8 @@ fn a_killed_shim_leaves_no_tap_and_no_redirect_in_the_pod_netns() {
         let (_, netns) = pod_ip_and_netns(&mut cri, &pod).await;
         let qdiscs = in_netns(&netns, &["tc", "qdisc", "show", "dev", "eth0"]);
         assert!(qdiscs.contains("ingress"), "{qdiscs}");
+        let tables = in_netns(&netns, &["nft", "list", "tables"]);
+        assert!(tables.contains(PORT_FORWARD_TABLE), "{tables}");
         let state_dir = Path::new("/run/firedoor/k8s.io").join(&pod);
         let mut victims = ctrd.shim_pids();
         assert_eq!(victims.len(), 1, "{victims:?}");
@@ -549,13 +720,17 @@ fn a_killed_shim_leaves_no_tap_and_no_redirect_in_the_pod_netns() {
         let leftovers = loop {
             let qdiscs = in_netns(&netns, &["tc", "qdisc", "show", "dev", "eth0"]);
             let links = in_netns(&netns, &["ip", "-o", "link", "show"]);
-            let left = qdiscs.contains("ingress") || links.contains("fdtap");
+            let tables = in_netns(&netns, &["nft", "list", "tables"]);
+            let left = qdiscs.contains("ingress")
+                || links.contains("fdtap")
+                || tables.contains(PORT_FORWARD_TABLE);
             if !left || Instant::now() > deadline {
-                break left.then_some(format!("{qdiscs}\n{links}"));
+                break left.then_some(format!("{qdiscs}\n{links}\n{tables}"));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         };
         assert_eq!(leftovers, None, "{}", ctrd.log_tail(40));
+        assert_netns_has_nothing_of_ours(&netns);
         remove_pod(&mut cri, &pod).await;
         assert_pod_gone(&ctrd, &pod, &netns).await;
     });

@@ -11,8 +11,12 @@
 //! [`PodNetwork::detach`] when the sandbox stops, or by [`clean_up`] from
 //! `shim delete` after a crash; CNI DEL then finds the namespace as it left
 //! it.
+//!
+//! CRI PortForward reaches the guest through a link-local pair on the
+//! first tap and a NAT table in the namespace ([`port_forward`]).
 
 mod netns;
+mod port_forward;
 mod tap;
 mod tc;
 
@@ -134,6 +138,8 @@ struct Attached {
     veth_index: u32,
     veth_name: String,
     tap: OwnedFd,
+    tap_index: u32,
+    tap_name: String,
     mac: [u8; 6],
     mtu: u32,
     /// IPv4 addresses and prefix lengths.
@@ -158,6 +164,8 @@ pub struct PodNetwork {
     netns_file: std::fs::File,
     nics: Vec<Attached>,
     routes: Vec<Route>,
+    /// Whether CRI PortForward reaches the guest (on the first NIC).
+    forwards_ports: bool,
 }
 
 /// The guest's name of the `i`th interface.
@@ -179,7 +187,7 @@ impl PodNetwork {
     /// On error nothing is left in the namespace.
     pub fn attach(netns: &Path) -> Result<PodNetwork> {
         let netns_file = netns::open(netns)?;
-        let (nics, routes) = netns::run_in_open(&netns_file, netns, || {
+        let (nics, routes, forwards_ports) = netns::run_in_open(&netns_file, netns, || {
             let mut socket = RouteSocket::open().map_err(netlink_err("opening a route socket"))?;
             let found = find_interfaces(&mut socket)?;
             let mut nics = Vec::new();
@@ -194,8 +202,28 @@ impl PodNetwork {
                     }
                 }
             }
-            let routes = find_routes(&mut socket, &nics)?;
-            Ok((nics, routes))
+            let routes = match find_routes(&mut socket, &nics) {
+                Ok(routes) => routes,
+                Err(e) => {
+                    for nic in &nics {
+                        detach_one(&mut socket, nic);
+                    }
+                    return Err(e);
+                }
+            };
+            let forwards_ports = match nics.first() {
+                Some(first) => match forward_ports(&mut socket, first) {
+                    Ok(on) => on,
+                    Err(e) => {
+                        for nic in &nics {
+                            detach_one(&mut socket, nic);
+                        }
+                        return Err(e);
+                    }
+                },
+                None => false,
+            };
+            Ok((nics, routes, forwards_ports))
         })?;
         for (i, nic) in nics.iter().enumerate() {
             info!(
@@ -211,6 +239,7 @@ impl PodNetwork {
             netns_file,
             nics,
             routes,
+            forwards_ports,
         })
     }
 
@@ -237,16 +266,27 @@ impl PodNetwork {
             .nics
             .iter()
             .enumerate()
-            .map(|(i, nic)| NetworkInterface {
-                mac: mac_string(&nic.mac),
-                name: guest_name(i),
-                mtu: nic.mtu,
-                addresses: nic
+            .map(|(i, nic)| {
+                let mut addresses: Vec<String> = nic
                     .addresses
                     .iter()
                     .map(|(ip, len)| format!("{ip}/{len}"))
-                    .collect(),
-                ..Default::default()
+                    .collect();
+                // After the pod IP, which stays the primary address.
+                if i == 0 && self.forwards_ports {
+                    addresses.push(format!(
+                        "{}/{}",
+                        port_forward::GUEST_ADDRESS,
+                        port_forward::PREFIX_LEN
+                    ));
+                }
+                NetworkInterface {
+                    mac: mac_string(&nic.mac),
+                    name: guest_name(i),
+                    mtu: nic.mtu,
+                    addresses,
+                    ..Default::default()
+                }
             })
             .collect();
         let routes = self
@@ -269,16 +309,26 @@ impl PodNetwork {
         }
     }
 
-    /// Removes what [`PodNetwork::attach`] added: the veths' ingress qdiscs
-    /// (with their filters) and the taps. Call after the VM has exited.
+    /// Removes what [`PodNetwork::attach`] added: the port-forward table,
+    /// the veths' ingress qdiscs (with their filters) and the taps. Call
+    /// after the VM has exited.
     pub fn detach(self) {
         let PodNetwork {
             netns,
             netns_file,
             nics,
+            forwards_ports,
             ..
         } = self;
         let result = netns::run_in_open(&netns_file, &netns, || {
+            if forwards_ports {
+                if let Err(e) = port_forward::remove() {
+                    warn!(
+                        "removing the port-forward table {}: {e}",
+                        port_forward::NFT_TABLE
+                    );
+                }
+            }
             let mut socket = RouteSocket::open().map_err(netlink_err("opening a route socket"))?;
             for nic in &nics {
                 detach_one(&mut socket, nic);
@@ -296,14 +346,20 @@ impl PodNetwork {
     }
 }
 
-/// After a crash (`shim delete`): removes our taps and the ingress qdiscs
-/// whose filters are all ours from the namespace at `netns`. A namespace
-/// that no longer exists is fine.
+/// After a crash (`shim delete`): removes our port-forward table, our
+/// taps and the ingress qdiscs whose filters are all ours from the
+/// namespace at `netns`. A namespace that no longer exists is fine.
 pub fn clean_up(netns: &Path) {
     if !netns.exists() {
         return;
     }
     let result = netns::run_in(netns, || {
+        if let Err(e) = port_forward::remove() {
+            warn!(
+                "removing the port-forward table {}: {e}",
+                port_forward::NFT_TABLE
+            );
+        }
         let mut socket = RouteSocket::open().map_err(netlink_err("opening a route socket"))?;
         for link in dump_links(&mut socket)? {
             let index = link.header.index;
@@ -433,6 +489,8 @@ fn connect(socket: &mut RouteSocket, i: usize, found: Found) -> Result<Attached>
         veth_index: found.index,
         veth_name: found.name,
         tap,
+        tap_index,
+        tap_name: tap_name.clone(),
         mac: found.mac,
         mtu: found.mtu,
         addresses: found.addresses,
@@ -447,6 +505,38 @@ fn connect(socket: &mut RouteSocket, i: usize, found: Found) -> Result<Attached>
         ))(e));
     }
     Ok(nic)
+}
+
+/// Sets up CRI PortForward through `first`'s tap: `Ok(false)` when the
+/// NAT table cannot be made (no `nft`: the pod works, without port
+/// forwarding); an error when the tap refuses its part (the table is
+/// removed again).
+fn forward_ports(socket: &mut RouteSocket, first: &Attached) -> Result<bool> {
+    if let Err(e) = port_forward::add_nat(&first.tap_name) {
+        warn!(
+            "port forwarding into this pod is off: adding the nftables table {}: {e} \
+             (install nftables for kubectl port-forward)",
+            port_forward::NFT_TABLE
+        );
+        let _ = port_forward::remove();
+        return Ok(false);
+    }
+    if let Err(e) = port_forward::add_to_tap(socket, first.tap_index, &first.tap_name) {
+        let _ = port_forward::remove();
+        return Err(netlink_err(format!(
+            "adding the port-forward address {}/{} and filters to {}",
+            port_forward::HOST_ADDRESS,
+            port_forward::PREFIX_LEN,
+            first.tap_name
+        ))(e));
+    }
+    info!(
+        "pod network: port forwarding through {} ({} <-> {})",
+        first.tap_name,
+        port_forward::HOST_ADDRESS,
+        port_forward::GUEST_ADDRESS
+    );
+    Ok(true)
 }
 
 fn tap_index(socket: &mut RouteSocket, name: &str) -> Result<u32> {

@@ -23,7 +23,7 @@ pub const FILTER_PRIO: u16 = 0xfd00;
 /// `htons(ETH_P_ALL)`, as `tcm_info` carries the protocol.
 const ETH_P_ALL_BE: u16 = 0x0003_u16.to_be();
 /// The ingress qdisc's handle `ffff:`.
-const INGRESS_HANDLE: TcHandle = TcHandle {
+pub const INGRESS_HANDLE: TcHandle = TcHandle {
     major: 0xffff,
     minor: 0,
 };

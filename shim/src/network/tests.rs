@@ -77,6 +77,10 @@ impl TestNetns {
         all.extend_from_slice(args);
         run(&all)
     }
+
+    fn nft_tables(&self) -> String {
+        run(&["ip", "netns", "exec", &self.name, "nft", "list", "tables"])
+    }
 }
 
 impl Drop for TestNetns {
@@ -142,7 +146,11 @@ fn attach_joins_the_veth_to_a_tap_and_detach_removes_both_redirects() {
     assert_eq!(config.interfaces[0].mac, "0a:58:0a:ff:00:05");
     assert_eq!(config.interfaces[0].name, "eth0");
     assert_eq!(config.interfaces[0].mtu, 1400);
-    assert_eq!(config.interfaces[0].addresses, ["10.255.0.5/24"]);
+    // The pod IP first, then the guest's end of the port-forward pair.
+    assert_eq!(
+        config.interfaces[0].addresses,
+        ["10.255.0.5/24", "169.254.77.2/30"]
+    );
     assert_eq!(config.routes.len(), 1, "{:?}", config.routes);
     assert_eq!(config.routes[0].destination, "");
     assert_eq!(config.routes[0].gateway, "10.255.0.1");
@@ -164,8 +172,52 @@ fn attach_joins_the_veth_to_a_tap_and_detach_removes_both_redirects() {
         to_veth.contains("Egress Redirect to device vpod"),
         "{to_veth}"
     );
+    // Port forwarding: the guest's IPv4 and ARP for the tap's link-local
+    // address go up the namespace's stack, ahead of the redirect.
+    assert!(
+        to_veth.contains("protocol ip pref 64767") && to_veth.contains("a9fe4d01/ffffffff at 16"),
+        "{to_veth}"
+    );
+    assert!(
+        to_veth.contains("protocol arp pref 64766") && to_veth.contains("a9fe4d01/ffffffff at 24"),
+        "{to_veth}"
+    );
+    let tap_addresses = netns.ip(&["-o", "addr", "show", "dev", "fdtap0"]);
+    assert!(
+        tap_addresses.contains("inet 169.254.77.1/30"),
+        "{tap_addresses}"
+    );
+    let localnet = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &netns.name,
+        "sysctl",
+        "-n",
+        "net.ipv4.conf.fdtap0.route_localnet",
+        "net.ipv4.conf.vpod.route_localnet",
+    ]);
+    assert_eq!(localnet, "1\n0\n", "route_localnet on the tap only");
+    let table = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &netns.name,
+        "nft",
+        "list",
+        "table",
+        "ip",
+        "firedoor_portfwd",
+    ]);
+    assert!(table.contains("dnat to 169.254.77.2"), "{table}");
+    assert!(
+        table.contains("oifname \"fdtap0\" ip saddr 127.0.0.0/8 snat to 169.254.77.1"),
+        "{table}"
+    );
 
     network.detach();
+    let tables = netns.nft_tables();
+    assert!(!tables.contains("firedoor_portfwd"), "{tables}");
     let qdiscs = netns.tc(&["qdisc", "show", "dev", "vpod"]);
     assert!(!qdiscs.contains("ingress"), "{qdiscs}");
     let links = netns.ip(&["link", "show"]);
@@ -191,8 +243,24 @@ fn clean_up_after_a_crash_removes_the_veths_redirect_but_nothing_else() {
     assert!(netns
         .tc(&["qdisc", "show", "dev", "vpod"])
         .contains("ingress"));
+    assert!(netns.nft_tables().contains("firedoor_portfwd"));
+    // Someone else's table stays.
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &netns.name,
+        "nft",
+        "add",
+        "table",
+        "ip",
+        "theirs",
+    ]);
 
     clean_up(&netns.path());
+    let tables = netns.nft_tables();
+    assert!(!tables.contains("firedoor_portfwd"), "{tables}");
+    assert!(tables.contains("table ip theirs"), "{tables}");
     let ours = netns.tc(&["qdisc", "show", "dev", "vpod"]);
     assert!(!ours.contains("ingress"), "{ours}");
     let theirs = netns.tc(&["filter", "show", "dev", "vpeer", "ingress"]);
