@@ -55,8 +55,8 @@ impl Peer {
         args
     }
 
-    /// `ctr run --rm IMAGE true`, wall time.
-    fn time_run(&mut self, ctrd: &Containerd, id: &str) {
+    /// `ctr run --rm IMAGE true` of `id`.
+    fn run_rm_true(&self, ctrd: &Containerd, id: &str) -> std::process::Output {
         let mut args = self.run_args();
         args.extend([
             "--rm".into(),
@@ -64,8 +64,24 @@ impl Peer {
             id.into(),
             "true".into(),
         ]);
+        ctr(ctrd, &args)
+    }
+
+    /// One untimed run (also a warm-up): whether this runtime works here.
+    fn works(&self, ctrd: &Containerd, id: &str) -> Result<(), String> {
+        let out = self.run_rm_true(ctrd, id);
+        if out.status.success() {
+            Ok(())
+        } else {
+            let _ = ctrd.ctr(&["containers", "rm", id]);
+            Err(text(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// `ctr run --rm IMAGE true`, wall time.
+    fn time_run(&mut self, ctrd: &Containerd, id: &str) {
         let started = Instant::now();
-        let out = ctr(ctrd, &args);
+        let out = self.run_rm_true(ctrd, id);
         self.start.push(started.elapsed());
         assert!(out.status.success(), "{}: {}", self.name, text(&out.stderr));
     }
@@ -276,6 +292,13 @@ fn main() {
         None,
     ));
 
+    peers.retain(|peer| match peer.works(&ctrd, "bench-probe") {
+        Ok(()) => true,
+        Err(e) => {
+            println!("{}: skipped, fails on this host: {e}", peer.name);
+            false
+        }
+    });
     for i in 0..runs {
         for (n, peer) in peers.iter_mut().enumerate() {
             peer.time_run(&ctrd, &format!("bench-{n}-{i}"));
