@@ -9,6 +9,8 @@
 //! skipped with a line that says how to install it.
 //!
 //!     cargo bench -p firedoor-benches --bench ctr_run [-- RUNS [PARALLEL]]
+//!
+//! (PARALLEL 0: only the `ctr run --rm` and memory figures.)
 
 use std::{
     fs,
@@ -331,26 +333,31 @@ fn main() {
         );
     }
 
-    println!("{parallel} sandboxes (`ctr run -d ... sleep`), one after another, then all at once:");
-    println!(
-        "  {:<24} {:<10} {:<13} {:<34} failed",
-        "runtime", "mode", "all running", "each start"
-    );
-    for peer in &peers {
-        for (mode, mut many) in ["serial", "parallel"]
-            .into_iter()
-            .zip(peer.time_many(&ctrd, parallel))
-        {
-            println!(
-                "  {:<24} {:<10} {:>8.2} s    {:<34} {}",
-                peer.name,
-                mode,
-                many.total.as_secs_f64(),
-                median_p95(&mut many.each),
-                many.errors.len()
-            );
-            for error in &many.errors {
-                println!("    {error}");
+    // PARALLEL 0 skips the many-sandboxes part (the per-version figures).
+    if parallel > 0 {
+        println!(
+            "{parallel} sandboxes (`ctr run -d ... sleep`), one after another, then all at once:"
+        );
+        println!(
+            "  {:<24} {:<10} {:<13} {:<34} failed",
+            "runtime", "mode", "all running", "each start"
+        );
+        for peer in &peers {
+            for (mode, mut many) in ["serial", "parallel"]
+                .into_iter()
+                .zip(peer.time_many(&ctrd, parallel))
+            {
+                println!(
+                    "  {:<24} {:<10} {:>8.2} s    {:<34} {}",
+                    peer.name,
+                    mode,
+                    many.total.as_secs_f64(),
+                    median_p95(&mut many.each),
+                    many.errors.len()
+                );
+                for error in &many.errors {
+                    println!("    {error}");
+                }
             }
         }
     }
