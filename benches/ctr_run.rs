@@ -57,6 +57,27 @@ impl Peer {
         args
     }
 
+    /// One untimed `ctr run --rm IMAGE true`: whether this peer runs here
+    /// at all (crun 1.x refuses this host's hybrid cgroup layout), and why
+    /// not.
+    fn runs_here(&self, ctrd: &Containerd, id: &str) -> Result<(), String> {
+        let mut args = self.run_args();
+        args.extend([
+            "--rm".into(),
+            BUSYBOX_IMAGE.into(),
+            id.into(),
+            "true".into(),
+        ]);
+        let out = ctr(ctrd, &args);
+        if out.status.success() {
+            return Ok(());
+        }
+        // A failed create may leave the container record.
+        let _ = ctrd.ctr(&["task", "delete", id]);
+        let _ = ctrd.ctr(&["containers", "rm", id]);
+        Err(text(&out.stderr).trim().to_string())
+    }
+
     /// `ctr run --rm IMAGE true`, wall time.
     fn time_run(&mut self, ctrd: &Containerd, id: &str) {
         let mut args = self.run_args();
@@ -272,6 +293,13 @@ fn main() {
         }
         None => println!("gVisor: skipped, runsc not installed (apt-get install runsc)"),
     }
+    peers.retain(|peer| match peer.runs_here(&ctrd, "bench-probe") {
+        Ok(()) => true,
+        Err(e) => {
+            println!("{}: skipped, it fails here: {e}", peer.name);
+            false
+        }
+    });
     peers.push(Peer::new(
         &format!("firedoor (qemu, {accel})"),
         RUNTIME,
