@@ -9,6 +9,8 @@
 //! skipped with a line that says how to install it.
 //!
 //!     cargo bench -p firedoor-benches --bench ctr_run [-- RUNS [PARALLEL]]
+//!
+//! (PARALLEL 0: only the `ctr run --rm` and memory figures.)
 
 use std::{
     fs,
@@ -67,15 +69,18 @@ impl Peer {
         ctr(ctrd, &args)
     }
 
-    /// One untimed run (also a warm-up): whether this runtime works here.
-    fn works(&self, ctrd: &Containerd, id: &str) -> Result<(), String> {
+    /// One untimed `ctr run --rm IMAGE true`: whether this peer runs here
+    /// at all (crun 1.x refuses this host's hybrid cgroup layout), and why
+    /// not.
+    fn runs_here(&self, ctrd: &Containerd, id: &str) -> Result<(), String> {
         let out = self.run_rm_true(ctrd, id);
         if out.status.success() {
-            Ok(())
-        } else {
-            let _ = ctrd.ctr(&["containers", "rm", id]);
-            Err(text(&out.stderr).trim().to_string())
+            return Ok(());
         }
+        // A failed create may leave the container record.
+        let _ = ctrd.ctr(&["task", "delete", id]);
+        let _ = ctrd.ctr(&["containers", "rm", id]);
+        Err(text(&out.stderr).trim().to_string())
     }
 
     /// `ctr run --rm IMAGE true`, wall time.
@@ -286,19 +291,19 @@ fn main() {
         }
         None => println!("gVisor: skipped, runsc not installed (apt-get install runsc)"),
     }
+    peers.retain(|peer| match peer.runs_here(&ctrd, "bench-probe") {
+        Ok(()) => true,
+        Err(e) => {
+            println!("{}: skipped, it fails here: {e}", peer.name);
+            false
+        }
+    });
     peers.push(Peer::new(
         &format!("firedoor (qemu, {accel})"),
         RUNTIME,
         None,
     ));
 
-    peers.retain(|peer| match peer.works(&ctrd, "bench-probe") {
-        Ok(()) => true,
-        Err(e) => {
-            println!("{}: skipped, fails on this host: {e}", peer.name);
-            false
-        }
-    });
     for i in 0..runs {
         for (n, peer) in peers.iter_mut().enumerate() {
             peer.time_run(&ctrd, &format!("bench-{n}-{i}"));
@@ -354,26 +359,31 @@ fn main() {
         );
     }
 
-    println!("{parallel} sandboxes (`ctr run -d ... sleep`), one after another, then all at once:");
-    println!(
-        "  {:<24} {:<10} {:<13} {:<34} failed",
-        "runtime", "mode", "all running", "each start"
-    );
-    for peer in &peers {
-        for (mode, mut many) in ["serial", "parallel"]
-            .into_iter()
-            .zip(peer.time_many(&ctrd, parallel))
-        {
-            println!(
-                "  {:<24} {:<10} {:>8.2} s    {:<34} {}",
-                peer.name,
-                mode,
-                many.total.as_secs_f64(),
-                median_p95(&mut many.each),
-                many.errors.len()
-            );
-            for error in &many.errors {
-                println!("    {error}");
+    // PARALLEL 0 skips the many-sandboxes part (the per-version figures).
+    if parallel > 0 {
+        println!(
+            "{parallel} sandboxes (`ctr run -d ... sleep`), one after another, then all at once:"
+        );
+        println!(
+            "  {:<24} {:<10} {:<13} {:<34} failed",
+            "runtime", "mode", "all running", "each start"
+        );
+        for peer in &peers {
+            for (mode, mut many) in ["serial", "parallel"]
+                .into_iter()
+                .zip(peer.time_many(&ctrd, parallel))
+            {
+                println!(
+                    "  {:<24} {:<10} {:>8.2} s    {:<34} {}",
+                    peer.name,
+                    mode,
+                    many.total.as_secs_f64(),
+                    median_p95(&mut many.each),
+                    many.errors.len()
+                );
+                for error in &many.errors {
+                    println!("    {error}");
+                }
             }
         }
     }

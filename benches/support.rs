@@ -109,6 +109,11 @@ pub fn size_of(path: &Path) -> String {
     }
 }
 
+/// The TCP measurement of `benches/net.rs`, on the host; the same code
+/// runs in the pods as `netprobe` (netprobe/main.rs).
+#[path = "netprobe/probe.rs"]
+pub mod netprobe;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,7 @@ use std::{
 use firedoor_tests::{
     containerd::Containerd,
     cri::{connect, container_config, exec_sh, start_container, Cri},
+    network::BridgeNetwork,
     processes_mentioning,
 };
 use k8s_cri::v1::{
@@ -31,89 +32,6 @@ use tungstenite::{client::IntoClientRequest, Message};
 const PORT_FORWARD_TABLE: &str = "firedoor_portfwd";
 const PORT_FORWARD_HOST_ADDRESS: &str = "169.254.77.1/30";
 const PORT_FORWARD_GUEST_ADDRESS: &str = "169.254.77.2/30";
-
-/// The test's own bridge network, written before containerd's first pod
-/// (containerd takes the first conflist by name: ours sorts before the
-/// default ptp one). The bridge is removed on drop (CNI DEL leaves it).
-struct BridgeNetwork {
-    bridge: String,
-    /// A host port of this test's own for `hostPort` mappings.
-    host_port: u16,
-    /// `10.A.B`: the /24 is `10.A.B.0/24`, the bridge (gateway) `.1`.
-    prefix: String,
-}
-
-impl BridgeNetwork {
-    fn install(ctrd: &Containerd) -> BridgeNetwork {
-        // From the test directory's random name: tests side by side get
-        // different bridges and ranges (10.208.0.0/13, apart from the
-        // ptp network's 10.200.0.0/13).
-        let seed = ctrd
-            .dir()
-            .to_string_lossy()
-            .bytes()
-            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
-        let bridge = format!("fdbr{:06x}", seed & 0xff_ffff);
-        let prefix = format!("10.{}.{}", 208 + (seed >> 8) % 8, seed % 256);
-        let conflist = format!(
-            r#"{{
-  "cniVersion": "1.0.0",
-  "name": "firedoor-bridge-test",
-  "plugins": [
-    {{
-      "type": "bridge",
-      "bridge": "{bridge}",
-      "isGateway": true,
-      "ipMasq": false,
-      "ipam": {{
-        "type": "host-local",
-        "subnet": "{prefix}.0/24",
-        "routes": [{{"dst": "0.0.0.0/0"}}],
-        "dataDir": "{root}/cni/ipam-bridge"
-      }}
-    }},
-    {{"type": "portmap", "capabilities": {{"portMappings": true}}}}
-  ]
-}}
-"#,
-            root = ctrd.dir().display()
-        );
-        fs::write(
-            ctrd.cni_conf_dir().join("10-firedoor-bridge.conflist"),
-            conflist,
-        )
-        .unwrap();
-        let host_port = 31000 + u16::try_from(seed % 2000).unwrap();
-        BridgeNetwork {
-            bridge,
-            host_port,
-            prefix,
-        }
-    }
-
-    fn gateway(&self) -> String {
-        format!("{}.1", self.prefix)
-    }
-
-    /// The bridge's ports (veths of live pods).
-    fn ports(&self) -> Vec<String> {
-        fs::read_dir(format!("/sys/class/net/{}/brif", self.bridge))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for BridgeNetwork {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .status();
-    }
-}
 
 /// A pod in its own network namespace (CRI's default) on `firedoor`.
 fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
@@ -139,9 +57,18 @@ fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
 }
 
 async fn run_pod(cri: &mut Cri, ctrd: &Containerd, config: &PodSandboxConfig) -> String {
+    run_pod_on(cri, ctrd, config, "firedoor").await
+}
+
+async fn run_pod_on(
+    cri: &mut Cri,
+    ctrd: &Containerd,
+    config: &PodSandboxConfig,
+    handler: &str,
+) -> String {
     cri.run_pod_sandbox(RunPodSandboxRequest {
         config: Some(config.clone()),
-        runtime_handler: "firedoor".into(),
+        runtime_handler: handler.into(),
     })
     .await
     .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd.log_tail(40)))
@@ -622,6 +549,55 @@ fn two_pods_on_the_bridge(ctrd: &Containerd) {
         drop(web_netns_held);
         assert_eq!(network.ports(), Vec::<String>::new(), "veths left");
         assert_eq!(ctrd.shim_pids(), Vec::<u32>::new(), "shim left behind");
+    });
+}
+
+/// A runc pod beside a Firedoor pod on the same bridge, on the same
+/// containerd (the harness's `restrict_oom_score_adj` lets runc start the
+/// pause container on a host without CAP_SYS_RESOURCE): each serves a page
+/// and fetches the other's by pod IP.
+#[test]
+fn a_runc_pod_and_a_firedoor_pod_reach_each_other_on_one_bridge() {
+    let ctrd = Containerd::start_cri();
+    let network = BridgeNetwork::install(&ctrd);
+    let logs = ctrd.dir().join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut cri = connect(ctrd.address()).await;
+        let mut pods = Vec::new();
+        for handler in ["runc", "firedoor"] {
+            let config = pod_config(&format!("{handler}-web"), &logs);
+            let pod = run_pod_on(&mut cri, &ctrd, &config, handler).await;
+            let (ip, _) = pod_ip_and_netns(&mut cri, &pod).await;
+            assert!(ip.starts_with(&network.prefix), "{handler}: {ip}");
+            let web = start_container(
+                &mut cri,
+                &ctrd,
+                &pod,
+                &config,
+                container_config(
+                    "httpd",
+                    &[
+                        "sh",
+                        "-c",
+                        "mkdir -p /www && echo hello-from-web > /www/index.html && \
+                         exec httpd -f -p 8080 -h /www",
+                    ],
+                ),
+            )
+            .await;
+            pods.push((pod, ip, web));
+        }
+        let (runc, firedoor) = (&pods[0], &pods[1]);
+        let page = exec_sh(&mut cri, &runc.2, &fetch_script(&firedoor.1, 60)).await;
+        assert_eq!(page, "hello-from-web\n", "runc -> firedoor");
+        let page = exec_sh(&mut cri, &firedoor.2, &fetch_script(&runc.1, 60)).await;
+        assert_eq!(page, "hello-from-web\n", "firedoor -> runc");
+        for (pod, _, _) in &pods {
+            remove_pod(&mut cri, pod).await;
+        }
+        assert_eq!(network.ports(), Vec::<String>::new(), "veths left");
     });
 }
 

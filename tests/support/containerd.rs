@@ -481,6 +481,26 @@ fn install_cni(root: &Path) {
 /// The host's `net.ipv4.ip_forward`, which CNI plugins turn on.
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
+/// Whether this process may lower an `oom_score_adj` (CAP_SYS_RESOURCE in
+/// its effective set). containerd's CRI gives every pause container
+/// `oomScoreAdj: -998`, which runc writes from its `nsexec` stage; where
+/// the host's root lacks CAP_SYS_RESOURCE (as this machine's does: its
+/// bounding set has every capability but that one) the write fails with
+/// EPERM, runc's init dies and containerd reports only "can't get final
+/// child's PID from pipe: EOF". The test containerd then clamps each
+/// score to its own (`restrict_oom_score_adj`, as rootless setups do), so
+/// runc pods run beside Firedoor's; a host with the capability keeps
+/// containerd's default.
+fn has_cap_sys_resource() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
 /// containerd's config: private root, state and sockets under `root`;
 /// with `cri`, the CRI plugin with runtime handlers `runc` and `firedoor`,
 /// the local pause image and a CNI directory of the test's own. containerd
@@ -490,6 +510,7 @@ const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 fn config_toml(build: &Build, root: &Path, cri: bool) -> String {
     let root = root.display();
     let pause = image::PAUSE_IMAGE;
+    let restrict_oom = format!("restrict_oom_score_adj = {}", !has_cap_sys_resource());
     let firedoor_runtime = format!(
         r#"runtime_type = "{RUNTIME}"
     pod_annotations = ["io.firedoor.vm.*"]"#
@@ -506,6 +527,7 @@ fn config_toml(build: &Build, root: &Path, cri: bool) -> String {
             format!(
                 r#"[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{pause}"
+  {restrict_oom}
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
@@ -522,6 +544,8 @@ fn config_toml(build: &Build, root: &Path, cri: bool) -> String {
             format!(
                 r#"[plugins."io.containerd.cri.v1.images".pinned_images]
   sandbox = "{pause}"
+[plugins."io.containerd.cri.v1.runtime"]
+  {restrict_oom}
 [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
 [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.firedoor]

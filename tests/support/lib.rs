@@ -14,6 +14,7 @@ pub mod cri;
 pub mod docker;
 pub mod guest;
 pub mod image;
+pub mod network;
 
 /// A script for a container with a terminal: prints the terminal's size
 /// once the caller's has arrived, then the terminal's name. Clients (ctr,
