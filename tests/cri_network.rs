@@ -17,13 +17,13 @@ use std::{
 
 use firedoor_tests::{
     containerd::Containerd,
-    cri::{connect, container_config, exec_sh, start_container, Cri},
+    cri::{connect, container_config, exec_sh, run_pod, run_pod_on, start_container, Cri},
     network::BridgeNetwork,
     processes_mentioning,
 };
 use k8s_cri::v1::{
     DnsConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortForwardRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
+    RemovePodSandboxRequest, StopPodSandboxRequest,
 };
 use tungstenite::{client::IntoClientRequest, Message};
 
@@ -54,26 +54,6 @@ fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
         }),
         ..Default::default()
     }
-}
-
-async fn run_pod(cri: &mut Cri, ctrd: &Containerd, config: &PodSandboxConfig) -> String {
-    run_pod_on(cri, ctrd, config, "firedoor").await
-}
-
-async fn run_pod_on(
-    cri: &mut Cri,
-    ctrd: &Containerd,
-    config: &PodSandboxConfig,
-    handler: &str,
-) -> String {
-    cri.run_pod_sandbox(RunPodSandboxRequest {
-        config: Some(config.clone()),
-        runtime_handler: handler.into(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd.log_tail(40)))
-    .into_inner()
-    .pod_sandbox_id
 }
 
 /// The pod's IP and its CNI network namespace (from the verbose status).
