@@ -17,10 +17,10 @@ use firedoor_tests::{
 use k8s_cri::v1::{
     security_profile::ProfileType, Capability, ContainerConfig, ContainerState,
     ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, Int64Value,
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, MountPropagation, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest, SecurityProfile,
-    StartContainerRequest, StopContainerRequest,
+    LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, MountPropagation, NamespaceMode,
+    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
+    ReopenContainerLogRequest, SecurityProfile, StartContainerRequest, StopContainerRequest,
 };
 
 /// A host-network pod (no CNI here) on the `firedoor` handler.
@@ -673,9 +673,24 @@ fn host(args: &[&str]) {
     assert!(status.success(), "{args:?}");
 }
 
+/// Mount points below `dir` on the host (from /proc/self/mountinfo).
+fn host_mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort();
+    found
+}
+
 /// Issue 9 item 4: volumes with HostToContainer (`rslave`) and
 /// Bidirectional (`rshared`) propagation; pins down which directions cross
-/// the VM boundary (see the README's known limits).
+/// the VM boundary (see the README's known limits). One host directory is
+/// one volume of the pod: a mount one container makes below it reaches the
+/// pod's other containers that asked for propagation, not a private one.
 #[test]
 fn propagated_volumes_start_and_directions_are_pinned() {
     let ctrd = Containerd::start_cri();
@@ -728,7 +743,11 @@ fn propagated_volumes_start_and_directions_are_pinned() {
             MountPropagation::PropagationBidirectional,
         );
         let shared = start_container(cri, &ctrd, pod, &config, shared).await;
-        for id in [&slave, &shared] {
+        // No propagation (private): started before the mounts below, so
+        // that it would have them if propagation reached it.
+        let private = with_volume("private", "/data", MountPropagation::PropagationPrivate);
+        let private = start_container(cri, &ctrd, pod, &config, private).await;
+        for id in [&slave, &shared, &private] {
             assert_eq!(exec_sh(cri, id, "cat /data/before").await, "before\n");
         }
 
@@ -759,19 +778,121 @@ fn propagated_volumes_start_and_directions_are_pinned() {
             "mkdir -p /data/inner && mount -t tmpfs inner /data/inner && echo inner > /data/inner/f",
         )
         .await;
-        let in_pod = exec_sh(cri, &slave, "cat /data/inner/f 2>/dev/null || echo unseen").await;
+        let unseen = "cat /data/inner/f 2>/dev/null || echo unseen";
+        let in_pod = exec_sh(cri, &slave, unseen).await;
+        let in_private = exec_sh(cri, &private, unseen).await;
         let on_host = fs::read_to_string(vol.join("inner/f")).unwrap_or_else(|_| "unseen\n".into());
         // Pinned: host -> container works (virtiofsd and the shim's bind
-        // see the host's new mount); a container's own mount reaches
-        // neither the pod's other containers (each container's volumes are
-        // shared into the guest separately) nor the host (virtio-fs
-        // carries files, not mounts).
+        // see the host's new mount); a container's own mount reaches the
+        // pod's containers that mount the volume with propagation (one
+        // guest mount per volume, in a peer group of its own), not a
+        // private one, and not the host (virtio-fs carries files, not
+        // mounts).
         assert_eq!(seen, "after\n", "host -> container");
-        assert_eq!(
-            in_pod, "unseen\n",
-            "container -> the pod's other containers"
-        );
+        assert_eq!(in_pod, "inner\n", "container -> rslave container");
+        assert_eq!(in_private, "unseen\n", "container -> private container");
         assert_eq!(on_host, "unseen\n", "container -> host");
+    });
+    // Nothing of the pod is left on the host: its state dir went (checked
+    // by with_pod), and below the volume only the test's own mount stays.
+    assert_eq!(host_mounts_under(&vol), [vol.clone(), vol.join("sub")]);
+}
+
+/// Waits (up to two minutes: TCG under load) until `done` holds for the
+/// messages of log file `path`; returns them.
+async fn wait_for_log(path: &Path, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let messages = if path.exists() {
+            log_messages(path)
+        } else {
+            Vec::new()
+        };
+        if done(&messages) {
+            return messages;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: {messages:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Issue 9 item 9, the kubelet's side of a container's end and of its log:
+/// a container over its memory limit ends OOMKilled with exit code 137 in
+/// ContainerStatus; after the kubelet renamed a log file (rotation),
+/// ReopenContainerLog makes the container's further output land in a new
+/// file at the log path, and none of it in the rotated one.
+#[test]
+fn oom_killed_reason_and_log_reopen() {
+    let ctrd = Containerd::start_cri();
+    let logs = ctrd.dir().join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    let config = pod_config("kubelet", &logs, HashMap::new());
+    with_pod(&ctrd, &config, async |cri, pod| {
+        // A 16 MiB limit and a 64 MiB buffer filled by dd, its first process.
+        let mut hog = container_config(
+            "hog",
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        );
+        hog.linux = Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 16 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let hog = start_container(cri, &ctrd, pod, &config, hog).await;
+        assert_eq!(exit_code(cri, &hog).await, 137);
+        // containerd takes the reason from the TaskOOM event, which may
+        // follow the exit.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = cri
+                .container_status(ContainerStatusRequest {
+                    container_id: hog.clone(),
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap();
+            if status.reason == "OOMKilled" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not OOMKilled: {status:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // Says what /tmp/say holds, once per file (written whole by mv).
+        let talker = container_config(
+            "talker",
+            &[
+                "sh",
+                "-c",
+                "while true; do if [ -e /tmp/say ]; then cat /tmp/say; rm /tmp/say; fi; sleep 0.1; done",
+            ],
+        );
+        let talker = start_container(cri, &ctrd, pod, &config, talker).await;
+        let say = |word: &str| format!("echo {word} > /tmp/say.new && mv /tmp/say.new /tmp/say");
+        let log = logs.join("talker.log");
+        exec_sh(cri, &talker, &say("before")).await;
+        wait_for_log(&log, |m| m.iter().any(|l| l == "before")).await;
+
+        let rotated = logs.join("talker.log.1");
+        fs::rename(&log, &rotated).unwrap();
+        cri.reopen_container_log(ReopenContainerLogRequest {
+            container_id: talker.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ReopenContainerLog: {e}\n{}", ctrd.log_tail(30)));
+        exec_sh(cri, &talker, &say("after")).await;
+        let messages = wait_for_log(&log, |m| m.iter().any(|l| l == "after")).await;
+        assert_eq!(messages, ["after"], "the new log file");
+        assert_eq!(log_messages(&rotated), ["before"], "the rotated one");
     });
 }
 

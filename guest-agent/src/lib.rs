@@ -19,6 +19,7 @@ pub mod service;
 pub mod signals;
 pub mod spec;
 pub mod streams;
+pub mod volumes;
 
 use std::{fmt, time::Duration};
 

@@ -9,7 +9,7 @@
 //! namespaces with a private cgroup2 mount.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::{mpsc, Arc},
     thread,
@@ -26,7 +26,9 @@ use firedoor_agent::{
     service::AgentService,
     signals,
     spec::Roots,
-    streams, uptime, ShutdownReason,
+    streams, uptime,
+    volumes::VolumeDirs,
+    ShutdownReason,
 };
 use firedoor_protocol::{agent_ttrpc::create_agent, stdio::StreamHeader};
 use log::{debug, error, info, warn, LevelFilter};
@@ -43,6 +45,8 @@ As PID 1 the settings come from the kernel command line: firedoor.port=N firedoo
 const SHARED_DIR: &str = firedoor_protocol::GUEST_SHARED_DIR;
 const DISKS_DIR: &str = "/run/firedoor/disks";
 const GUEST_STATE_DIR: &str = "/run/firedoor/agent";
+/// The guest's own mounts of the pod's volumes (see `volumes`).
+const GUEST_VOLUMES_DIR: &str = "/run/firedoor/volumes";
 const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 const DEFAULT_CGROUP_PARENT: &str = "/firedoor";
 
@@ -100,6 +104,10 @@ fn run_as_init() -> Result<(), BoxError> {
         no_pivot: false,
         exe: "/proc/self/exe".into(),
         pod_netns: firedoor_protocol::POD_NETNS_PATH.into(),
+        volumes: Some(VolumeDirs {
+            shared: Path::new(SHARED_DIR).join(firedoor_protocol::SHARED_VOLUMES_DIR),
+            mounts: GUEST_VOLUMES_DIR.into(),
+        }),
     };
     let paths = SandboxPaths {
         shared_dir: SHARED_DIR.into(),
@@ -159,6 +167,7 @@ fn run_as_process(mut args: impl Iterator<Item = String>) -> Result<(), BoxError
                 no_pivot: false,
                 exe: "/proc/self/exe".into(),
                 pod_netns: state_dir.join("netns/pod"),
+                volumes: None,
             };
             let paths = SandboxPaths {
                 shared_dir: state_dir.join("shared"),

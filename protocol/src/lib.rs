@@ -22,6 +22,12 @@ pub mod stdio;
 /// each container's rootfs and bind-mount sources are below it.
 pub const GUEST_SHARED_DIR: &str = "/run/firedoor/shared";
 
+/// Below the shared directory (host and guest): the pod's volumes, one
+/// directory per host source of a bind mount, shared once per pod whatever
+/// the number of containers mounting it. No container id can take this name
+/// (ids never start with '.').
+pub const SHARED_VOLUMES_DIR: &str = ".volumes";
+
 /// vsock port the agent listens on unless the kernel command line says otherwise.
 pub const DEFAULT_AGENT_PORT: u32 = 1024;
 

@@ -98,13 +98,28 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Unmounts everything at or below `dir` (lazily, deepest first).
+/// Unmounts everything at or below `dir` (lazily, deepest first), without
+/// touching the mounts these are copies of: a bind of a shared host volume
+/// is in the volume's peer group, and unmounting a mount below it would
+/// unmount the host's own mount there too.
 pub fn unmount_all_under(dir: &Path) {
     // A path can be mounted over several times: repeat until none is left.
     for _ in 0..8 {
         let mounts = mounts_under(dir);
         if mounts.is_empty() {
             return;
+        }
+        // Receiving still, sending no more (unmounts included).
+        for m in mounts.iter().rev() {
+            if let Err(e) = mount(
+                None::<&str>,
+                m,
+                None::<&str>,
+                MsFlags::MS_SLAVE,
+                None::<&str>,
+            ) {
+                debug!("making {} a slave: {e}", m.display());
+            }
         }
         for m in mounts {
             if let Err(e) = umount2(&m, MntFlags::MNT_DETACH) {
@@ -137,5 +152,48 @@ mod tests {
         unmount_all_under(&shared);
         assert!(mounts_under(&shared).is_empty());
         assert!(!target.join("f").exists());
+    }
+
+    /// A volume on a shared mount, with a mount of the host's below it:
+    /// removing our bind of the volume leaves the host's mount alone.
+    #[test]
+    fn unmounting_a_share_leaves_the_hosts_mounts_below_the_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let volume = dir.path().join("volume");
+        fs::create_dir(&volume).unwrap();
+        let tmpfs = |target: &Path| {
+            mount(
+                Some("firedoor-unit"),
+                target,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .unwrap()
+        };
+        tmpfs(&volume);
+        mount(
+            None::<&str>,
+            &volume,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .unwrap();
+        let shared = dir.path().join("shared");
+        make_shared_mount_point(&shared).unwrap();
+        let share = shared.join(".volumes/0");
+        bind(&volume, &share, false).unwrap();
+        let host_sub = volume.join("sub");
+        fs::create_dir(&host_sub).unwrap();
+        tmpfs(&host_sub);
+        fs::write(host_sub.join("f"), "host").unwrap();
+        assert_eq!(fs::read_to_string(share.join("sub/f")).unwrap(), "host");
+
+        unmount_all_under(&shared);
+        assert!(mounts_under(&shared).is_empty());
+        let left = mounts_under(&volume);
+        unmount_all_under(&volume);
+        assert_eq!(left, [host_sub, volume], "the host's mounts stay");
     }
 }

@@ -155,6 +155,7 @@ impl shim::Shim for FiredoorShim {
             containers: Mutex::default(),
             exit: self.exit.clone(),
             pod_namespaces: Default::default(),
+            volumes: Default::default(),
         }))
     }
 }

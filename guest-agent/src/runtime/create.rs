@@ -50,6 +50,9 @@ impl Runtime {
         if pod_netns {
             namespaces::ensure_pod_netns(&self.opts.pod_netns)?;
         }
+        if let Some(volumes) = &self.volumes {
+            volumes.attach(id, &mut spec)?;
+        }
         let dir = self.containers_dir().join(id);
         let cgroup = Cgroup::new(&self.opts.cgroup_mount, &cgroup_path);
         let result = self.create_in(id, &spec, &dir, &cgroup, streams, terminal);
@@ -62,6 +65,9 @@ impl Runtime {
                 Ok(pid)
             }
             Err(e) => {
+                if let Some(volumes) = &self.volumes {
+                    volumes.detach(id);
+                }
                 let _ = cgroup.destroy();
                 let _ = fs::remove_dir_all(self.runtime_dir().join(id));
                 let _ = fs::remove_dir_all(&dir);

@@ -44,6 +44,7 @@ use crate::{
     oom::{OomCounter, OomEvents},
     spec::{self, Roots},
     streams::Conn,
+    volumes::{VolumeDirs, Volumes},
 };
 
 #[derive(Debug, Clone)]
@@ -61,6 +62,9 @@ pub struct Options {
     /// Where the pod network namespace is pinned
     /// ([`firedoor_protocol::POD_NETNS_PATH`] in the guest).
     pub pod_netns: PathBuf,
+    /// The pod's volumes (see [`crate::volumes`]); `None`: bind-mount
+    /// sources are used as they come.
+    pub volumes: Option<VolumeDirs>,
 }
 
 #[derive(Debug)]
@@ -114,6 +118,7 @@ pub struct Runtime {
     /// Names the next console socket.
     next_console: AtomicU64,
     oom: Arc<OomEvents>,
+    volumes: Option<Volumes>,
 }
 
 /// Frees a reserved id when creation ends, whichever way.
@@ -152,6 +157,7 @@ impl Runtime {
     /// Prepares the state directory, removing what a previous agent left.
     pub fn new(opts: Options, oom: Arc<OomEvents>) -> Result<Runtime> {
         let runtime = Runtime {
+            volumes: opts.volumes.clone().map(Volumes::new),
             opts,
             containers: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
@@ -379,6 +385,9 @@ impl Runtime {
         }
         let _ = fs::remove_dir_all(self.runtime_dir().join(id));
         let _ = fs::remove_dir_all(&container.dir);
+        if let Some(volumes) = &self.volumes {
+            volumes.detach(id);
+        }
         info!("removed container {id}");
         result
     }
@@ -443,6 +452,7 @@ mod tests {
             no_pivot: false,
             exe: "/proc/self/exe".into(),
             pod_netns: state_dir.join("netns/pod"),
+            volumes: None,
         };
         Runtime::new(opts, OomEvents::start()).unwrap()
     }

@@ -8,7 +8,7 @@ use std::{
 
 use log::{debug, warn};
 
-use super::Process;
+use super::{volumes::VolumeLease, Process};
 use crate::{mount, sandbox::Sandbox};
 
 /// A container in the sandbox: its bundle, its init process and its execs.
@@ -37,15 +37,18 @@ pub(crate) struct Container {
 pub(crate) struct Footprint {
     /// Where we mounted containerd's rootfs mounts (`<bundle>/<root.path>`).
     pub rootfs_mount: Option<PathBuf>,
-    /// The container's corner of the shared directory (bind mounts below).
+    /// The container's corner of the shared directory (its rootfs below).
     pub share: Option<PathBuf>,
     /// The container exists in the guest.
     pub in_guest: bool,
+    /// The pod volumes it mounts.
+    pub volumes: Vec<VolumeLease>,
 }
 
 impl Footprint {
     /// Removes container `id` from the guest (when `sandbox` still runs),
-    /// then its share and rootfs mounts; leaves the footprint empty.
+    /// then its share, its volumes (unshared when it was their last user)
+    /// and rootfs mounts; leaves the footprint empty.
     pub fn release(&mut self, id: &str, sandbox: Option<&Sandbox>) {
         if std::mem::take(&mut self.in_guest) {
             if let Some(sandbox) = sandbox {
@@ -62,6 +65,7 @@ impl Footprint {
                 }
             }
         }
+        self.volumes.clear();
         if let Some(rootfs) = self.rootfs_mount.take() {
             mount::unmount_all_under(&rootfs);
         }
@@ -90,10 +94,14 @@ mod tests {
             rootfs_mount: Some(rootfs.clone()),
             share: Some(share.clone()),
             in_guest: true,
+            volumes: vec![],
         };
         footprint.release("c1", None);
         assert!(
-            footprint.rootfs_mount.is_none() && footprint.share.is_none() && !footprint.in_guest,
+            footprint.rootfs_mount.is_none()
+                && footprint.share.is_none()
+                && !footprint.in_guest
+                && footprint.volumes.is_empty(),
             "{footprint:?}"
         );
         assert!(mount::mounts_under(dir.path()).is_empty());

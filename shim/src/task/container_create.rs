@@ -217,6 +217,7 @@ pub(super) fn boot_deferred(shared: &Arc<Shared>, id: &str, deferred: DeferredBo
     };
     container.footprint.share = made.share;
     container.footprint.in_guest = made.in_guest;
+    container.footprint.volumes = made.volumes;
     info!("container {id} created in the guest (guest pid {guest_pid})");
     Ok(())
 }
@@ -237,9 +238,15 @@ fn create_in_guest(
     for (source, name) in &plan.binds {
         mount::bind(source, &plan.share.join(name), false)?;
     }
+    let shared_dir = shared.state_dir.join("shared");
+    for (_, source) in &plan.volumes {
+        let lease = shared.volumes.acquire(&shared_dir, source)?;
+        pending.footprint.volumes.push(lease);
+    }
+    let names: Vec<&str> = pending.footprint.volumes.iter().map(|v| v.name()).collect();
     let reply = sandbox.agent().create_container(&CreateContainerRequest {
         container_id: id.into(),
-        oci_spec_json: plan.guest_spec_json.clone(),
+        oci_spec_json: plan.guest_spec_json(&names)?,
         rootfs: plan.guest_rootfs.clone(),
         stdio: Some(init.stdio.agent_stdio()).into(),
         ..Default::default()
@@ -263,9 +270,12 @@ struct CreatePlan {
     share: PathBuf,
     /// Host paths bind-mounted into `share`, with their names below it.
     binds: Vec<(PathBuf, String)>,
-    /// The spec the guest runs, with guest paths.
-    guest_spec_json: Vec<u8>,
+    /// The spec's bind mounts (index, host source), each shared as a pod
+    /// volume (see [`volumes`](super::volumes)).
+    volumes: Vec<(usize, PathBuf)>,
     guest_rootfs: String,
+    /// The container's spec as the host has it.
+    oci: Spec,
 }
 
 impl CreatePlan {
@@ -283,30 +293,41 @@ impl CreatePlan {
             .unwrap_or_else(|| "rootfs".into());
         let rootfs = bundle.join(root_path);
         let guest_dir = format!("{GUEST_SHARED_DIR}/{id}");
-        let mut binds = vec![(rootfs.clone(), "rootfs".to_string())];
-        let mut guest_sources = Vec::new();
+        let binds = vec![(rootfs.clone(), "rootfs".to_string())];
+        let mut volumes = Vec::new();
         for m in spec::host_bind_mounts(oci) {
-            let name = format!("mounts/{}", m.index);
             let source = if m.host_source.is_absolute() {
                 m.host_source.clone()
             } else {
                 bundle.join(&m.host_source)
             };
-            guest_sources.push((m.index, format!("{guest_dir}/{name}")));
-            binds.push((source, name));
+            // One volume per directory or file, however it is spelled (a
+            // missing source fails at the bind, naming it).
+            let source = std::fs::canonicalize(&source).unwrap_or(source);
+            volumes.push((m.index, source));
         }
-        let guest_rootfs = format!("{guest_dir}/rootfs");
-        let guest_spec = spec::for_guest(oci.clone(), &guest_rootfs, &guest_sources)?;
-        let guest_spec_json =
-            serde_json::to_vec(&guest_spec).map_err(|e| ShimError::Internal(e.into()))?;
         Ok(CreatePlan {
             rootfs,
             rootfs_mounts: rootfs_mounts.to_vec(),
             share: share_dir(state_dir, id),
             binds,
-            guest_spec_json,
-            guest_rootfs,
+            volumes,
+            guest_rootfs: format!("{guest_dir}/rootfs"),
+            oci: oci.clone(),
         })
+    }
+
+    /// The spec the guest runs, with guest paths: `volume_names` are the
+    /// names the plan's volumes were shared under, in order.
+    fn guest_spec_json(&self, volume_names: &[&str]) -> Result<Vec<u8>> {
+        let guest_sources: Vec<(usize, String)> = self
+            .volumes
+            .iter()
+            .zip(volume_names)
+            .map(|((index, _), name)| (*index, format!("{GUEST_SHARED_DIR}/{name}")))
+            .collect();
+        let guest_spec = spec::for_guest(self.oci.clone(), &self.guest_rootfs, &guest_sources)?;
+        serde_json::to_vec(&guest_spec).map_err(|e| ShimError::Internal(e.into()))
     }
 }
 
@@ -343,7 +364,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_plan_shares_the_rootfs_where_root_path_says_and_every_bind_source() {
+    fn the_plan_shares_the_rootfs_where_root_path_says_and_every_bind_source_as_a_volume() {
         let oci = spec::parse(
             r#"{"ociVersion": "1.0.2", "root": {"path": "custom"},
                 "process": {"user": {"uid": 0, "gid": 0}, "args": ["sh"], "cwd": "/"},
@@ -356,17 +377,16 @@ mod tests {
         assert_eq!(plan.share, Path::new("/state/shared/c1"));
         assert_eq!(
             plan.binds,
-            [
-                (PathBuf::from("/b/custom"), "rootfs".to_string()),
-                (PathBuf::from("/b/data"), "mounts/1".to_string()),
-            ]
+            [(PathBuf::from("/b/custom"), "rootfs".to_string())]
         );
+        assert_eq!(plan.volumes, [(1, PathBuf::from("/b/data"))]);
         assert_eq!(plan.guest_rootfs, "/run/firedoor/shared/c1/rootfs");
-        let guest: Spec = serde_json::from_slice(&plan.guest_spec_json).unwrap();
+        let json = plan.guest_spec_json(&[".volumes/7"]).unwrap();
+        let guest: Spec = serde_json::from_slice(&json).unwrap();
         let source = guest.mounts().as_ref().unwrap()[1].source().clone();
         assert_eq!(
             source.unwrap(),
-            Path::new("/run/firedoor/shared/c1/mounts/1")
+            Path::new("/run/firedoor/shared/.volumes/7")
         );
     }
 }

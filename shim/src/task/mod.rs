@@ -16,6 +16,7 @@ mod process_start;
 mod process_state;
 mod process_wait;
 mod shim_lifecycle;
+mod volumes;
 
 pub use container_stats::to_metrics;
 #[cfg(test)]
@@ -35,7 +36,7 @@ use containerd_shim::{
 use firedoor_protocol::agent::StatsContainerResponse;
 
 pub use self::process::{ExitInfo, Process, VM_GONE_STATUS};
-use self::{container::Container, events::Events, process::Phase};
+use self::{container::Container, events::Events, process::Phase, volumes::Volumes};
 use crate::{
     config::Config,
     error::{Result, ShimError},
@@ -58,6 +59,8 @@ pub(crate) struct Shared {
     /// VM then lives from StartSandbox to StopSandbox (not from the first
     /// task to the last), and the pod's shared namespaces are mapped.
     pub pod_namespaces: OnceLock<Arc<PodNamespaces>>,
+    /// The host paths the pod's containers bind-mount, shared once each.
+    pub volumes: Arc<Volumes>,
 }
 
 impl Shared {

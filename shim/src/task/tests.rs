@@ -388,6 +388,7 @@ impl Harness {
             containers: Mutex::default(),
             exit: Arc::new(ExitSignal::default()),
             pod_namespaces: Default::default(),
+            volumes: Default::default(),
         });
         SandboxSlot::install(&shared, Arc::new(sandbox));
         Harness {
