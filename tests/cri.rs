@@ -11,7 +11,10 @@ use std::{
 
 use firedoor_tests::{
     containerd::Containerd,
-    cri::{container_config, exec_sh, pod_state_dir, start_container, with_pod, Cri},
+    cri::{
+        connect, container_config, exec_sh, pod_state_dir, remove_pod, run_pod, start_container,
+        with_pod, Cri,
+    },
     processes_mentioning, TTY_SIZE_SCRIPT,
 };
 use k8s_cri::v1::{
@@ -898,6 +901,57 @@ fn oom_killed_reason_and_log_reopen() {
 
 /// The harness's `with_pod` removes the pod even when the test in it
 /// panics: no shim, VM or state dir outlives a failed test.
+/// containerd restarted while a pod runs (a node's containerd upgrade):
+/// the pod's shim and VM stay, containerd reconnects to them, and exec,
+/// StopContainer and the pod's removal still work (CI runs this file on
+/// containerd 1.6 and 2.1).
+#[test]
+fn containerd_restart_keeps_the_pod_manageable() {
+    let mut ctrd = Containerd::start_cri();
+    let logs = ctrd.dir().join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    let config = pod_config("restarted", &logs, HashMap::new());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (pod, app) = runtime.block_on(async {
+        let mut cri = connect(ctrd.address()).await;
+        let pod = run_pod(&mut cri, &ctrd, &config).await;
+        let app = container_config(
+            "app",
+            &["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
+        );
+        let app = start_container(&mut cri, &ctrd, &pod, &config, app).await;
+        assert_eq!(
+            exec_sh(&mut cri, &app, "echo before").await.trim(),
+            "before"
+        );
+        (pod, app)
+    });
+    let shims = ctrd.shim_pids();
+    assert_eq!(shims.len(), 1, "one shim for the pod");
+    ctrd.restart();
+    assert_eq!(
+        ctrd.shim_pids(),
+        shims,
+        "the shim outlives containerd's restart"
+    );
+    runtime.block_on(async {
+        let mut cri = connect(ctrd.address()).await;
+        assert_eq!(exec_sh(&mut cri, &app, "echo after").await.trim(), "after");
+        stop_container(&mut cri, &app, 30).await;
+        assert_eq!(
+            exit_code(&mut cri, &app).await,
+            0,
+            "the container's TERM trap ran"
+        );
+        cri.remove_container(RemoveContainerRequest {
+            container_id: app.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RemoveContainer: {e}\n{}", ctrd.log_tail(30)));
+        remove_pod(&mut cri, &ctrd, &pod).await;
+    });
+}
+
 #[test]
 fn a_pod_whose_test_panics_is_removed_all_the_same() {
     let ctrd = Containerd::start_cri();
