@@ -13,27 +13,11 @@ use firedoor_tests::{
     image::BUSYBOX_IMAGE,
 };
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig,
-    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest,
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 
-use firedoor_tests::cri::{connect, Cri};
-
-fn pod_config(name: &str, logs: &std::path::Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "bench".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.display().to_string(),
-        linux: Some(LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
+use firedoor_tests::cri::{connect, pod_config, Cri};
 
 /// RunPodSandbox -> CreateContainer -> StartContainer; the pod is removed
 /// afterwards (not timed). A handler that cannot run a pod here is

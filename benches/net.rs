@@ -25,13 +25,10 @@ use std::{
 use firedoor_benches::netprobe as probe;
 use firedoor_tests::{
     containerd::Containerd,
-    cri::{connect, container_config, exec_sh, start_container, Cri},
+    cri::{connect, container_config, exec_sh, pod_config, start_container, Cri},
     network::{pod_ip, BridgeNetwork},
 };
-use k8s_cri::v1::{
-    LinuxPodSandboxConfig, Mount, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StopPodSandboxRequest,
-};
+use k8s_cri::v1::{Mount, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest};
 
 /// Round trips per measurement.
 const ROUND_TRIPS: usize = 1000;
@@ -64,21 +61,6 @@ fn build_probe(dir: &Path) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     binary
-}
-
-fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "bench".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.display().to_string(),
-        linux: Some(LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
 }
 
 /// A pod with one container running `command`, the probe mounted.

@@ -11,18 +11,14 @@
 use std::{
     collections::HashMap,
     fs,
-    path::Path,
     time::{Duration, Instant},
 };
 
 use firedoor_tests::{
     containerd::Containerd,
-    cri::{connect, container_config, start_container, Cri},
+    cri::{connect, container_config, pod_config, start_container, Cri},
 };
-use k8s_cri::v1::{
-    LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StopPodSandboxRequest,
-};
+use k8s_cri::v1::{RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest};
 
 /// Linux's USER_HZ, the unit of /proc/PID/stat's CPU times (100 on every
 /// architecture Firedoor runs on).
@@ -126,21 +122,6 @@ fn measure(ctrd: &Containerd, handler: &str, window: Duration) -> Usage {
     Usage {
         handler: handler.into(),
         processes,
-    }
-}
-
-fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "bench".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.display().to_string(),
-        linux: Some(LinuxPodSandboxConfig::default()),
-        ..Default::default()
     }
 }
 

@@ -14,8 +14,9 @@ use std::{
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
     runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata,
-    CreateContainerRequest, ExecSyncRequest, ImageSpec, PodSandboxConfig, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxPodSandboxConfig, PodSandboxConfig,
+    PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -150,6 +151,23 @@ async fn catch_panic<T>(future: impl Future<Output = T>) -> std::thread::Result<
         },
     )
     .await
+}
+
+/// A pod `name` (Kubernetes namespace `default`) on the CNI network, its
+/// container logs under `logs`.
+pub fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: logs.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
 }
 
 /// A busybox container `name` running `command`, logging to `<name>.log`.
