@@ -13,7 +13,7 @@ use firedoor_tests::{
     containerd::Containerd,
     cri::{
         connect, container_config, exec_sh, pod_state_dir, remove_pod, run_pod, start_container,
-        with_pod, Cri,
+        wait_initialized, with_pod, Cri,
     },
     processes_mentioning, TTY_SIZE_SCRIPT,
 };
@@ -936,6 +936,7 @@ fn containerd_restart_keeps_the_pod_manageable() {
     );
     runtime.block_on(async {
         let mut cri = connect(ctrd.address()).await;
+        wait_initialized(&mut cri).await;
         assert_eq!(exec_sh(&mut cri, &app, "echo after").await.trim(), "after");
         stop_container(&mut cri, &app, 30).await;
         assert_eq!(

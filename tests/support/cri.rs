@@ -14,9 +14,9 @@ use std::{
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
     runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata,
-    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxPodSandboxConfig, PodSandboxConfig,
-    PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopPodSandboxRequest,
+    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxPodSandboxConfig,
+    ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -44,6 +44,22 @@ pub async fn connect(socket: PathBuf) -> Cri {
         .await
         .unwrap();
     RuntimeServiceClient::new(channel)
+}
+
+/// Waits (up to 60 s) until containerd's CRI plugin serves requests: after
+/// a (re)start it answers "server is not initialized yet" while it
+/// restores its pods, although containerd itself already answers.
+pub async fn wait_initialized(cri: &mut Cri) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match cri.list_pod_sandbox(ListPodSandboxRequest::default()).await {
+            Ok(_) => return,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the CRI plugin never initialized: {e}"),
+        }
+    }
 }
 
 /// Runs a pod on the `firedoor` handler; returns its id.
