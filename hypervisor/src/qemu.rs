@@ -226,14 +226,20 @@ fn vsock_socket(run_dir: &RunDir) -> PathBuf {
 mod tests {
     use super::*;
 
-    #[test]
-    fn command_line_has_memfd_vsock_and_agent_port() {
-        let backend = QemuBackend {
+    /// A TCG backend with stand-in binary names (only its arguments are
+    /// looked at).
+    fn tcg_backend() -> QemuBackend {
+        QemuBackend {
             qemu: "qemu".into(),
             vhost_vsock: "vhost".into(),
             virtiofsd: None,
             accel: Accel::Tcg,
-        };
+        }
+    }
+
+    #[test]
+    fn command_line_has_memfd_vsock_and_agent_port() {
+        let backend = tcg_backend();
         let run_dir = RunDir::create(&std::env::temp_dir(), None).unwrap();
         let mut spec = VmSpec::new("/k", "/i");
         spec.memory_mib = 512;
@@ -287,12 +293,7 @@ mod tests {
 
     #[test]
     fn each_nic_is_a_tap_netdev_and_a_virtio_net_device_with_its_mac() {
-        let backend = QemuBackend {
-            qemu: "qemu".into(),
-            vhost_vsock: "vhost".into(),
-            virtiofsd: None,
-            accel: Accel::Tcg,
-        };
+        let backend = tcg_backend();
         let run_dir = RunDir::create(&std::env::temp_dir(), None).unwrap();
         let mut spec = VmSpec::new("/k", "/i");
         assert!(!backend
@@ -316,12 +317,7 @@ mod tests {
 
     #[test]
     fn free_page_reporting_adds_a_balloon_that_only_reports() {
-        let backend = QemuBackend {
-            qemu: "qemu".into(),
-            vhost_vsock: "vhost".into(),
-            virtiofsd: None,
-            accel: Accel::Tcg,
-        };
+        let backend = tcg_backend();
         let run_dir = RunDir::create(&std::env::temp_dir(), None).unwrap();
         let mut spec = VmSpec::new("/k", "/i");
         assert!(!backend
