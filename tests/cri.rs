@@ -19,11 +19,11 @@ use firedoor_tests::{
 };
 use k8s_cri::v1::{
     security_profile::ProfileType, Capability, ContainerConfig, ContainerState,
-    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, Int64Value,
-    LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, MountPropagation, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
-    ReopenContainerLogRequest, SecurityProfile, StartContainerRequest, StopContainerRequest,
+    ContainerStatusRequest, ExecSyncRequest, Int64Value, LinuxContainerConfig,
+    LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, MountPropagation, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest, ReopenContainerLogRequest,
+    SecurityProfile, StopContainerRequest,
 };
 
 /// A host-network pod (no CNI here) on the `firedoor` handler.
@@ -106,21 +106,8 @@ fn pod_with_two_containers_runs_in_one_vm() {
             ),
             ("sidecar", vec!["sh", "-c", "hostname"]),
         ] {
-            let id = cri
-                .create_container(CreateContainerRequest {
-                    pod_sandbox_id: pod.into(),
-                    config: Some(container_config(name, &command)),
-                    sandbox_config: Some(config.clone()),
-                })
-                .await
-                .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\n{}", ctrd.log_tail(30)))
-                .into_inner()
-                .container_id;
-            cri.start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap();
+            let id =
+                start_container(cri, &ctrd, pod, &config, container_config(name, &command)).await;
             ids.push(id);
         }
         assert_eq!(exit_code(cri, &ids[0]).await, 3);
