@@ -162,10 +162,39 @@ impl Guest {
         conn
     }
 
+    /// Runs `args` in the running container `id` as exec `exec_id` (no
+    /// stdio); returns its guest pid.
+    pub fn exec(&self, id: &str, exec_id: &str, args: &[&str]) -> u32 {
+        let args = args
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let process = format!(
+            r#"{{"args":[{args}],"cwd":"/","env":["PATH=/bin"],"user":{{"uid":0,"gid":0}}}}"#
+        );
+        let req = ExecProcessRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            process_json: process.into_bytes(),
+            ..Default::default()
+        };
+        self.agent()
+            .exec_process(ctx(self.timeout), &req)
+            .unwrap()
+            .pid
+    }
+
     /// The exit status of the container's init.
     pub fn wait(&self, id: &str) -> i32 {
+        self.wait_process(id, "")
+    }
+
+    /// The exit status of exec `exec_id` of container `id` (`""`: its init).
+    pub fn wait_process(&self, id: &str, exec_id: &str) -> i32 {
         let req = ProcessRequest {
             container_id: id.into(),
+            exec_id: exec_id.into(),
             ..Default::default()
         };
         self.agent()
