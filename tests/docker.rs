@@ -14,8 +14,8 @@ use std::{
 };
 
 use firedoor_tests::{
-    containerd::{Build, Containerd, RUNTIME},
-    docker::{Docker, DockerSetup, BUSYBOX},
+    containerd::{Build, Containerd},
+    docker::{run_args, Docker, DockerSetup},
     TTY_SIZE_SCRIPT,
 };
 
@@ -24,21 +24,8 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// `docker run --rm --runtime firedoor --network none FLAGS busybox ARGS`.
-fn run_args<'a>(flags: &[&'a str], args: &[&'a str]) -> Vec<&'a str> {
-    let mut all = vec![
-        "run",
-        "--rm",
-        "--pull",
-        "never",
-        "--runtime",
-        RUNTIME,
-        "--network",
-        "none",
-    ];
-    all.extend_from_slice(flags);
-    all.push(BUSYBOX);
-    all.extend_from_slice(args);
-    all
+fn rm_args<'a>(flags: &[&'a str], args: &[&'a str]) -> Vec<&'a str> {
+    run_args(&[&["--rm", "--network", "none"], flags].concat(), args)
 }
 
 #[test]
@@ -46,7 +33,7 @@ fn docker_run_output_exit_codes_stdin_tty_and_volumes() {
     let ctrd = Containerd::start_build(Build::named("2.1"));
     let docker = Docker::start(&ctrd);
 
-    let out = docker.docker(&run_args(&[], &["echo", "hi from docker"]));
+    let out = docker.docker(&rm_args(&[], &["echo", "hi from docker"]));
     assert!(
         out.status.success(),
         "{}\n{}\n{}",
@@ -56,12 +43,12 @@ fn docker_run_output_exit_codes_stdin_tty_and_volumes() {
     );
     assert_eq!(text(&out.stdout), "hi from docker\n");
 
-    let out = docker.docker(&run_args(&[], &["sh", "-c", "exit 3"]));
+    let out = docker.docker(&rm_args(&[], &["sh", "-c", "exit 3"]));
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
 
     // -i: stdin reaches the container and is closed after the last byte.
     let mut child = docker
-        .command(&run_args(&["-i"], &["sh", "-c", "cat; echo done"]))
+        .command(&rm_args(&["-i"], &["sh", "-c", "cat; echo done"]))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -81,7 +68,7 @@ fn docker_run_output_exit_codes_stdin_tty_and_volumes() {
         "stty rows 31 cols 97; {} --host {} {}",
         docker.docker_path().display(),
         docker.host_arg(),
-        run_args(&["-t"], &["sh", "-c", &format!("'{TTY_SIZE_SCRIPT}'")]).join(" ")
+        rm_args(&["-t"], &["sh", "-c", &format!("'{TTY_SIZE_SCRIPT}'")]).join(" ")
     );
     let out = Command::new("script")
         .args(["-qec", &tty, "/dev/null"])
@@ -98,7 +85,7 @@ fn docker_run_output_exit_codes_stdin_tty_and_volumes() {
     std::fs::create_dir(&volume).unwrap();
     std::fs::write(volume.join("in"), "from the host\n").unwrap();
     let bind = format!("{}:/data", volume.display());
-    let out = docker.docker(&run_args(
+    let out = docker.docker(&rm_args(
         &["-v", &bind],
         &["sh", "-c", "cat /data/in; echo from the vm > /data/out"],
     ));
@@ -115,22 +102,11 @@ fn docker_exec_and_stop() {
     let ctrd = Containerd::start_build(Build::named("2.1"));
     let docker = Docker::start(&ctrd);
     let name = "fd-docker-stop";
-    docker.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
+    docker.run_detached(
         name,
-        "--pull",
-        "never",
-        "--runtime",
-        RUNTIME,
-        "--network",
-        "none",
-        BUSYBOX,
-        "sh",
-        "-c",
-        "trap 'exit 0' TERM; sleep 1000 & wait",
-    ]);
+        &["--network", "none"],
+        &["sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"],
+    );
     let out = docker.docker_ok(&["exec", name, "sh", "-c", "echo from exec; hostname"]);
     assert!(out.starts_with("from exec\n"), "{out}");
     let out = docker.docker(&["exec", name, "sh", "-c", "exit 4"]);
@@ -186,23 +162,16 @@ fn docker_run_publishes_a_port_served_from_the_vm_on_a_private_bridge() {
     let netns = docker.netns().unwrap();
     let name = "fd-docker-web";
     let id = docker
-        .docker_ok(&[
-            "run",
-            "-d",
-            "--name",
+        .run_detached(
             name,
-            "--pull",
-            "never",
-            "--runtime",
-            RUNTIME,
-            "-p",
-            "8080:80",
-            BUSYBOX,
-            "sh",
-            "-c",
-            "mkdir -p /www && echo served from the vm > /www/index.html && \
-             exec httpd -f -p 80 -h /www",
-        ])
+            &["-p", "8080:80"],
+            &[
+                "sh",
+                "-c",
+                "mkdir -p /www && echo served from the vm > /www/index.html && \
+                 exec httpd -f -p 80 -h /www",
+            ],
+        )
         .trim()
         .to_string();
     let inspect = docker.docker_ok(&[
@@ -333,23 +302,17 @@ fn docker_runs_cdi_hooks_on_the_host_in_order_with_the_state() {
         },
     );
     let name = "fd-docker-hooks";
-    let out = docker.docker(&[
-        "run",
-        "--name",
-        name,
-        "--pull",
-        "never",
-        "--runtime",
-        RUNTIME,
-        "--network",
-        "none",
-        "--device",
-        "firedoor.test/hooks=probe",
-        BUSYBOX,
-        "sh",
-        "-c",
-        "echo hooked; ip -o -4 addr show eth0",
-    ]);
+    let out = docker.docker(&run_args(
+        &[
+            "--name",
+            name,
+            "--network",
+            "none",
+            "--device",
+            "firedoor.test/hooks=probe",
+        ],
+        &["sh", "-c", "echo hooked; ip -o -4 addr show eth0"],
+    ));
     assert!(
         out.status.success(),
         "{}\n{}\n{}",
@@ -398,22 +361,17 @@ fn docker_runs_cdi_hooks_on_the_host_in_order_with_the_state() {
 
     // A failing createRuntime hook fails the run, naming it, and leaves
     // nothing behind.
-    let out = docker.docker(&[
-        "run",
-        "--name",
-        "fd-docker-refused",
-        "--pull",
-        "never",
-        "--runtime",
-        RUNTIME,
-        "--network",
-        "none",
-        "--device",
-        "firedoor.test/hooks=refusing",
-        BUSYBOX,
-        "echo",
-        "never",
-    ]);
+    let out = docker.docker(&run_args(
+        &[
+            "--name",
+            "fd-docker-refused",
+            "--network",
+            "none",
+            "--device",
+            "firedoor.test/hooks=refusing",
+        ],
+        &["echo", "never"],
+    ));
     assert!(!out.status.success(), "ran despite the failing hook");
     assert!(
         text(&out.stderr).contains("the hook refused"),
