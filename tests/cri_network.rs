@@ -181,6 +181,24 @@ fn port_forward_get(url: &str, port: u16) -> (String, String) {
     )
 }
 
+/// Runs `fetch` `n` times and prints the median, min and max wall time as
+/// `what`: a figure, not a target (no assertion on time).
+async fn time_fetches(what: &str, n: usize, mut fetch: impl AsyncFnMut()) {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        fetch().await;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    eprintln!(
+        "{what}: median {:?} (min {:?}, max {:?}, n={n})",
+        times[n / 2],
+        times[0],
+        times[n - 1]
+    );
+}
+
 fn in_netns(netns: &Path, args: &[&str]) -> String {
     let out = Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
@@ -393,19 +411,15 @@ fn two_pods_on_the_bridge(ctrd: &Containerd) {
         // The host, by pod IP.
         let reply = host_fetch(&web_ip, 8080);
         assert!(reply.ends_with("hello-from-web\n"), "{reply}");
-        // A figure, not a target: HTTP/1.0 request round trips host -> pod.
-        let mut times: Vec<Duration> = (0..10)
-            .map(|_| {
-                let started = Instant::now();
+        // HTTP/1.0 request round trips host -> pod.
+        time_fetches(
+            "host -> pod HTTP round trip through the VM's NIC",
+            10,
+            async || {
                 host_fetch(&web_ip, 8080);
-                started.elapsed()
-            })
-            .collect();
-        times.sort();
-        eprintln!(
-            "host -> pod HTTP round trip through the VM's NIC: median {:?} (min {:?}, max {:?}, n=10)",
-            times[5], times[0], times[9]
-        );
+            },
+        )
+        .await;
         // The host, through the hostPort mapping (portmap's DNAT on the
         // host, to the pod IP, then the VM).
         let reply = host_fetch(&network.gateway(), network.host_port);
@@ -442,31 +456,28 @@ fn two_pods_on_the_bridge(ctrd: &Containerd) {
             reply.starts_with("HTTP/1.") && reply.ends_with("hello-from-web\n"),
             "{reply}"
         );
-        // A figure, not a target: PortForward + WebSocket + GET, host ->
-        // pod through the netns NAT and the VM's NIC.
-        let mut times = Vec::new();
-        for _ in 0..5 {
-            let started = Instant::now();
-            let url = cri
-                .port_forward(PortForwardRequest {
-                    pod_sandbox_id: web.clone(),
-                    port: vec![8080],
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .url;
-            let (reply, _) = tokio::task::spawn_blocking(move || port_forward_get(&url, 8080))
-                .await
-                .unwrap();
-            assert!(reply.ends_with("hello-from-web\n"), "{reply}");
-            times.push(started.elapsed());
-        }
-        times.sort();
-        eprintln!(
-            "CRI PortForward request + HTTP GET through the VM's NIC: median {:?} (min {:?}, max {:?}, n=5)",
-            times[2], times[0], times[4]
-        );
+        // PortForward + WebSocket + GET, host -> pod through the netns NAT
+        // and the VM's NIC.
+        time_fetches(
+            "CRI PortForward request + HTTP GET through the VM's NIC",
+            5,
+            async || {
+                let url = cri
+                    .port_forward(PortForwardRequest {
+                        pod_sandbox_id: web.clone(),
+                        port: vec![8080],
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .url;
+                let (reply, _) = tokio::task::spawn_blocking(move || port_forward_get(&url, 8080))
+                    .await
+                    .unwrap();
+                assert!(reply.ends_with("hello-from-web\n"), "{reply}");
+            },
+        )
+        .await;
         // Any port, with no listener of ours for it: one that nobody in
         // the guest serves is refused, by the guest, through the same path.
         let url = cri
