@@ -17,12 +17,12 @@ use std::{
 
 use firedoor_tests::{
     containerd::Containerd,
-    cri::{connect, container_config, exec_sh, run_pod, run_pod_on, start_container, Cri},
+    cri::{self, connect, container_config, exec_sh, run_pod, run_pod_on, start_container, Cri},
     network::BridgeNetwork,
     processes_mentioning,
 };
 use k8s_cri::v1::{
-    DnsConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortForwardRequest,
+    DnsConfig, PodSandboxConfig, PodSandboxStatusRequest, PortForwardRequest,
     RemovePodSandboxRequest, StopPodSandboxRequest,
 };
 use tungstenite::{client::IntoClientRequest, Message};
@@ -33,17 +33,10 @@ const PORT_FORWARD_TABLE: &str = "firedoor_portfwd";
 const PORT_FORWARD_HOST_ADDRESS: &str = "169.254.77.1/30";
 const PORT_FORWARD_GUEST_ADDRESS: &str = "169.254.77.2/30";
 
-/// A pod in its own network namespace (CRI's default) on `firedoor`.
+/// A pod in its own network namespace (CRI's default) on `firedoor`, with
+/// a cluster DNS config.
 fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.display().to_string(),
         dns_config: Some(DnsConfig {
             servers: vec!["10.96.0.10".into()],
             searches: vec![
@@ -52,7 +45,7 @@ fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
             ],
             options: vec!["ndots:5".into()],
         }),
-        ..Default::default()
+        ..cri::pod_config(name, logs)
     }
 }
 
