@@ -16,6 +16,7 @@ use std::{
 use firedoor_tests::{
     containerd::{Build, Containerd},
     docker::{run_args, Docker, DockerSetup},
+    hooks::HookProbes,
     TTY_SIZE_SCRIPT,
 };
 
@@ -244,18 +245,13 @@ fn host_addresses() -> String {
 fn docker_runs_cdi_hooks_on_the_host_in_order_with_the_state() {
     let ctrd = Containerd::start_build(Build::named("2.1"));
     let cdi = ctrd.dir().join("cdi");
-    let out_dir = ctrd.dir().join("hook-out");
+    let probes = HookProbes::new(&ctrd.dir().join("hook-out"));
     fs::create_dir_all(&cdi).unwrap();
-    fs::create_dir_all(&out_dir).unwrap();
     let hook = |name: &str, phase: &str| {
-        let script = format!(
-            "state=$(cat); echo \"$state\" > {dir}/{phase}.json; ls {dir} > {dir}/{phase}.before",
-            dir = out_dir.display()
-        );
         serde_json::json!({
             "hookName": name,
             "path": "/bin/sh",
-            "args": ["sh", "-c", script],
+            "args": ["sh", "-c", probes.script(phase, "")],
             "env": ["PATH=/usr/bin:/bin"],
             "timeout": 30
         })
@@ -330,33 +326,11 @@ fn docker_runs_cdi_hooks_on_the_host_in_order_with_the_state() {
     let id = id.trim();
     // poststop runs when the task is deleted: docker rm.
     docker.docker_ok(&["rm", name]);
-    let read = |name: &str| fs::read_to_string(out_dir.join(name)).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while read("poststop.before").is_empty() && Instant::now() < deadline {
+    while probes.read("poststop.before").is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let mut pids = Vec::new();
-    for (phase, status) in [
-        ("create", "creating"),
-        ("poststart", "running"),
-        ("poststop", "stopped"),
-    ] {
-        let state: serde_json::Value = serde_json::from_str(&read(&format!("{phase}.json")))
-            .unwrap_or_else(|e| panic!("{phase} hook state: {e}\n{}", ctrd.log_tail(30)));
-        assert_eq!(state["id"], id, "{state}");
-        assert_eq!(state["status"], status, "{state}");
-        assert!(state["bundle"].as_str().unwrap().ends_with(id), "{state}");
-        pids.push(state["pid"].as_u64().unwrap_or_default());
-    }
-    // One host process, the one create reported, in every state.
-    assert!(
-        pids[0] > 0 && pids.iter().all(|p| *p == pids[0]),
-        "{pids:?}"
-    );
-    // In order: each hook saw the files of the ones before it.
-    assert!(!read("create.before").contains("poststart"));
-    assert!(read("poststart.before").contains("create.json"));
-    assert!(read("poststop.before").contains("poststart.json"));
+    probes.assert_ran_in_order(id, || ctrd.log_tail(30));
     assert_vm_gone(&ctrd, id);
 
     // A failing createRuntime hook fails the run, naming it, and leaves
