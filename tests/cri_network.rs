@@ -174,6 +174,28 @@ fn port_forward_get(url: &str, port: u16) -> (String, String) {
     )
 }
 
+/// CRI PortForward of `port` into `pod`, then [`port_forward_get`] through
+/// the URL containerd returned: the data and the error stream.
+async fn port_forward_fetch(
+    cri: &mut Cri,
+    ctrd: &Containerd,
+    pod: &str,
+    port: u16,
+) -> (String, String) {
+    let url = cri
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: pod.into(),
+            port: vec![i32::from(port)],
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PortForward of {port}: {e}\n{}", ctrd.log_tail(40)))
+        .into_inner()
+        .url;
+    tokio::task::spawn_blocking(move || port_forward_get(&url, port))
+        .await
+        .unwrap()
+}
+
 /// Runs `fetch` `n` times and prints the median, min and max wall time as
 /// `what`: a figure, not a target (no assertion on time).
 async fn time_fetches(what: &str, n: usize, mut fetch: impl AsyncFnMut()) {
@@ -432,18 +454,7 @@ fn two_pods_on_the_bridge(ctrd: &Containerd) {
             guest.contains(PORT_FORWARD_GUEST_ADDRESS),
             "the guest's end of the pair: {guest}"
         );
-        let url = cri
-            .port_forward(PortForwardRequest {
-                pod_sandbox_id: web.clone(),
-                port: vec![8080],
-            })
-            .await
-            .unwrap_or_else(|e| panic!("PortForward: {e}\n{}", ctrd.log_tail(40)))
-            .into_inner()
-            .url;
-        let (reply, errors) = tokio::task::spawn_blocking(move || port_forward_get(&url, 8080))
-            .await
-            .unwrap();
+        let (reply, errors) = port_forward_fetch(&mut cri, ctrd, &web, 8080).await;
         assert_eq!(errors, "", "{}", ctrd.log_tail(40));
         assert!(
             reply.starts_with("HTTP/1.") && reply.ends_with("hello-from-web\n"),
@@ -455,36 +466,14 @@ fn two_pods_on_the_bridge(ctrd: &Containerd) {
             "CRI PortForward request + HTTP GET through the VM's NIC",
             5,
             async || {
-                let url = cri
-                    .port_forward(PortForwardRequest {
-                        pod_sandbox_id: web.clone(),
-                        port: vec![8080],
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .url;
-                let (reply, _) = tokio::task::spawn_blocking(move || port_forward_get(&url, 8080))
-                    .await
-                    .unwrap();
+                let (reply, _) = port_forward_fetch(&mut cri, ctrd, &web, 8080).await;
                 assert!(reply.ends_with("hello-from-web\n"), "{reply}");
             },
         )
         .await;
         // Any port, with no listener of ours for it: one that nobody in
         // the guest serves is refused, by the guest, through the same path.
-        let url = cri
-            .port_forward(PortForwardRequest {
-                pod_sandbox_id: web.clone(),
-                port: vec![8081],
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .url;
-        let (reply, errors) = tokio::task::spawn_blocking(move || port_forward_get(&url, 8081))
-            .await
-            .unwrap();
+        let (reply, errors) = port_forward_fetch(&mut cri, ctrd, &web, 8081).await;
         assert_eq!(reply, "");
         assert!(errors.contains("8081"), "{errors}");
 
