@@ -12,8 +12,8 @@ use std::{
 use firedoor_tests::{
     containerd::Containerd,
     cri::{
-        connect, container_config, container_status, exec_sh, pod_state_dir, remove_pod, run_pod,
-        start_container, wait_initialized, with_pod, Cri,
+        self, connect, container_config, container_status, exec_sh, pod_state_dir, remove_pod,
+        run_pod, start_container, wait_initialized, with_pod, Cri,
     },
     processes_mentioning, TTY_SIZE_SCRIPT,
 };
@@ -21,21 +21,13 @@ use k8s_cri::v1::{
     security_profile::ProfileType, Capability, ContainerConfig, ContainerState, ExecSyncRequest,
     Int64Value, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, MountPropagation, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
-    ReopenContainerLogRequest, SecurityProfile, StopContainerRequest,
+    NamespaceOption, PodSandboxConfig, RemoveContainerRequest, ReopenContainerLogRequest,
+    SecurityProfile, StopContainerRequest,
 };
 
 /// A host-network pod (no CNI here) on the `firedoor` handler.
 fn pod_config(name: &str, logs: &Path, annotations: HashMap<String, String>) -> PodSandboxConfig {
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.display().to_string(),
         annotations,
         linux: Some(LinuxPodSandboxConfig {
             security_context: Some(LinuxSandboxSecurityContext {
@@ -47,7 +39,7 @@ fn pod_config(name: &str, logs: &Path, annotations: HashMap<String, String>) -> 
             }),
             ..Default::default()
         }),
-        ..Default::default()
+        ..cri::pod_config(name, logs)
     }
 }
 
