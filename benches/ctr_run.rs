@@ -27,6 +27,9 @@ use firedoor_tests::{
     processes_mentioning,
 };
 
+/// The runc peer's name: the ratio line is against it.
+const RUNC: &str = "runc";
+
 /// One runtime under test: a containerd runtime and, for the runc shim, the
 /// OCI runtime binary it runs.
 struct Peer {
@@ -223,6 +226,11 @@ fn median_p95_ms(samples: &mut [Duration]) -> Option<(f64, f64)> {
     Some((ms(samples[samples.len() / 2]), ms(p95)))
 }
 
+/// The median of `samples` in milliseconds, without sorting them in place.
+fn median_ms(samples: &[Duration]) -> Option<f64> {
+    median_p95_ms(&mut samples.to_vec()).map(|(median, _)| median)
+}
+
 fn median_p95(samples: &mut [Duration]) -> String {
     match median_p95_ms(samples) {
         None => "no samples".into(),
@@ -275,7 +283,7 @@ fn main() {
     };
     let wrappers = tempfile::tempdir().unwrap();
 
-    let mut peers = vec![Peer::new("runc", "io.containerd.runc.v2", None)];
+    let mut peers = vec![Peer::new(RUNC, "io.containerd.runc.v2", None)];
     match find("crun") {
         Some(crun) => peers.push(Peer::new("crun", "io.containerd.runc.v2", Some(crun))),
         None => println!("crun: skipped, not installed (apt-get install crun)"),
@@ -349,14 +357,17 @@ fn main() {
         Ok(()) => println!("  chart: {}", chart.display()),
         Err(e) => println!("  chart not drawn: {e}"),
     }
-    let runc_median = peers[0].start[peers[0].start.len() / 2];
-    if let Some(firedoor) = peers.last() {
-        let median = firedoor.start[firedoor.start.len() / 2];
-        println!(
+    // Firedoor is the last peer, always there; runc may have been skipped.
+    let firedoor = peers.last().expect("firedoor is always measured");
+    let runc = peers.iter().find(|peer| peer.name == RUNC);
+    match runc.map(|runc| (median_ms(&runc.start), median_ms(&firedoor.start))) {
+        Some((Some(runc_ms), Some(firedoor_ms))) => println!(
             "  firedoor / runc: {:.1}x   (all: {})",
-            median.as_secs_f64() / runc_median.as_secs_f64(),
+            firedoor_ms / runc_ms,
             summary(&mut firedoor.start.clone())
-        );
+        ),
+        Some(_) => println!("  firedoor / runc: no ratio, no samples (0 runs)"),
+        None => println!("  firedoor / runc: no ratio, runc was skipped (see above)"),
     }
 
     // PARALLEL 0 skips the many-sandboxes part (the per-version figures).

@@ -12,31 +12,22 @@ use std::{
 use firedoor_tests::{
     containerd::Containerd,
     cri::{
-        connect, container_config, exec_sh, pod_state_dir, remove_pod, run_pod, start_container,
-        wait_initialized, with_pod, Cri,
+        self, connect, container_config, container_status, exec_sh, pod_state_dir, remove_pod,
+        run_pod, start_container, wait_initialized, with_pod, Cri,
     },
     processes_mentioning, TTY_SIZE_SCRIPT,
 };
 use k8s_cri::v1::{
-    security_profile::ProfileType, Capability, ContainerConfig, ContainerState,
-    ContainerStatusRequest, ExecSyncRequest, Int64Value, LinuxContainerConfig,
-    LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, MountPropagation, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest, ReopenContainerLogRequest,
+    security_profile::ProfileType, Capability, ContainerConfig, ContainerState, ExecSyncRequest,
+    Int64Value, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, MountPropagation, NamespaceMode,
+    NamespaceOption, PodSandboxConfig, RemoveContainerRequest, ReopenContainerLogRequest,
     SecurityProfile, StopContainerRequest,
 };
 
 /// A host-network pod (no CNI here) on the `firedoor` handler.
 fn pod_config(name: &str, logs: &Path, annotations: HashMap<String, String>) -> PodSandboxConfig {
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.display().to_string(),
         annotations,
         linux: Some(LinuxPodSandboxConfig {
             security_context: Some(LinuxSandboxSecurityContext {
@@ -48,7 +39,7 @@ fn pod_config(name: &str, logs: &Path, annotations: HashMap<String, String>) -> 
             }),
             ..Default::default()
         }),
-        ..Default::default()
+        ..cri::pod_config(name, logs)
     }
 }
 
@@ -56,16 +47,7 @@ fn pod_config(name: &str, logs: &Path, annotations: HashMap<String, String>) -> 
 async fn exit_code(cri: &mut Cri, id: &str) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let status = cri
-            .container_status(ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
+        let status = container_status(cri, id).await;
         if status.state == ContainerState::ContainerExited as i32 {
             return status.exit_code;
         }
@@ -840,16 +822,7 @@ fn oom_killed_reason_and_log_reopen() {
         // follow the exit.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let status = cri
-                .container_status(ContainerStatusRequest {
-                    container_id: hog.clone(),
-                    verbose: false,
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .status
-                .unwrap();
+            let status = container_status(cri, &hog).await;
             if status.reason == "OOMKilled" {
                 break;
             }

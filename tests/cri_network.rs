@@ -17,12 +17,12 @@ use std::{
 
 use firedoor_tests::{
     containerd::Containerd,
-    cri::{connect, container_config, exec_sh, run_pod, run_pod_on, start_container, Cri},
+    cri::{self, connect, container_config, exec_sh, run_pod, run_pod_on, start_container, Cri},
     network::BridgeNetwork,
     processes_mentioning,
 };
 use k8s_cri::v1::{
-    DnsConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortForwardRequest,
+    DnsConfig, PodSandboxConfig, PodSandboxStatusRequest, PortForwardRequest,
     RemovePodSandboxRequest, StopPodSandboxRequest,
 };
 use tungstenite::{client::IntoClientRequest, Message};
@@ -33,17 +33,10 @@ const PORT_FORWARD_TABLE: &str = "firedoor_portfwd";
 const PORT_FORWARD_HOST_ADDRESS: &str = "169.254.77.1/30";
 const PORT_FORWARD_GUEST_ADDRESS: &str = "169.254.77.2/30";
 
-/// A pod in its own network namespace (CRI's default) on `firedoor`.
+/// A pod in its own network namespace (CRI's default) on `firedoor`, with
+/// a cluster DNS config.
 fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.display().to_string(),
         dns_config: Some(DnsConfig {
             servers: vec!["10.96.0.10".into()],
             searches: vec![
@@ -52,7 +45,7 @@ fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
             ],
             options: vec!["ndots:5".into()],
         }),
-        ..Default::default()
+        ..cri::pod_config(name, logs)
     }
 }
 
@@ -179,6 +172,46 @@ fn port_forward_get(url: &str, port: u16) -> (String, String) {
         String::from_utf8_lossy(&data[2..]).into_owned(),
         String::from_utf8_lossy(&errors[2..]).into_owned(),
     )
+}
+
+/// CRI PortForward of `port` into `pod`, then [`port_forward_get`] through
+/// the URL containerd returned: the data and the error stream.
+async fn port_forward_fetch(
+    cri: &mut Cri,
+    ctrd: &Containerd,
+    pod: &str,
+    port: u16,
+) -> (String, String) {
+    let url = cri
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: pod.into(),
+            port: vec![i32::from(port)],
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PortForward of {port}: {e}\n{}", ctrd.log_tail(40)))
+        .into_inner()
+        .url;
+    tokio::task::spawn_blocking(move || port_forward_get(&url, port))
+        .await
+        .unwrap()
+}
+
+/// Runs `fetch` `n` times and prints the median, min and max wall time as
+/// `what`: a figure, not a target (no assertion on time).
+async fn time_fetches(what: &str, n: usize, mut fetch: impl AsyncFnMut()) {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        fetch().await;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    eprintln!(
+        "{what}: median {:?} (min {:?}, max {:?}, n={n})",
+        times[n / 2],
+        times[0],
+        times[n - 1]
+    );
 }
 
 fn in_netns(netns: &Path, args: &[&str]) -> String {
@@ -393,19 +426,15 @@ fn two_pods_on_the_bridge(ctrd: &Containerd) {
         // The host, by pod IP.
         let reply = host_fetch(&web_ip, 8080);
         assert!(reply.ends_with("hello-from-web\n"), "{reply}");
-        // A figure, not a target: HTTP/1.0 request round trips host -> pod.
-        let mut times: Vec<Duration> = (0..10)
-            .map(|_| {
-                let started = Instant::now();
+        // HTTP/1.0 request round trips host -> pod.
+        time_fetches(
+            "host -> pod HTTP round trip through the VM's NIC",
+            10,
+            async || {
                 host_fetch(&web_ip, 8080);
-                started.elapsed()
-            })
-            .collect();
-        times.sort();
-        eprintln!(
-            "host -> pod HTTP round trip through the VM's NIC: median {:?} (min {:?}, max {:?}, n=10)",
-            times[5], times[0], times[9]
-        );
+            },
+        )
+        .await;
         // The host, through the hostPort mapping (portmap's DNAT on the
         // host, to the pod IP, then the VM).
         let reply = host_fetch(&network.gateway(), network.host_port);
@@ -425,62 +454,26 @@ fn two_pods_on_the_bridge(ctrd: &Containerd) {
             guest.contains(PORT_FORWARD_GUEST_ADDRESS),
             "the guest's end of the pair: {guest}"
         );
-        let url = cri
-            .port_forward(PortForwardRequest {
-                pod_sandbox_id: web.clone(),
-                port: vec![8080],
-            })
-            .await
-            .unwrap_or_else(|e| panic!("PortForward: {e}\n{}", ctrd.log_tail(40)))
-            .into_inner()
-            .url;
-        let (reply, errors) = tokio::task::spawn_blocking(move || port_forward_get(&url, 8080))
-            .await
-            .unwrap();
+        let (reply, errors) = port_forward_fetch(&mut cri, ctrd, &web, 8080).await;
         assert_eq!(errors, "", "{}", ctrd.log_tail(40));
         assert!(
             reply.starts_with("HTTP/1.") && reply.ends_with("hello-from-web\n"),
             "{reply}"
         );
-        // A figure, not a target: PortForward + WebSocket + GET, host ->
-        // pod through the netns NAT and the VM's NIC.
-        let mut times = Vec::new();
-        for _ in 0..5 {
-            let started = Instant::now();
-            let url = cri
-                .port_forward(PortForwardRequest {
-                    pod_sandbox_id: web.clone(),
-                    port: vec![8080],
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .url;
-            let (reply, _) = tokio::task::spawn_blocking(move || port_forward_get(&url, 8080))
-                .await
-                .unwrap();
-            assert!(reply.ends_with("hello-from-web\n"), "{reply}");
-            times.push(started.elapsed());
-        }
-        times.sort();
-        eprintln!(
-            "CRI PortForward request + HTTP GET through the VM's NIC: median {:?} (min {:?}, max {:?}, n=5)",
-            times[2], times[0], times[4]
-        );
+        // PortForward + WebSocket + GET, host -> pod through the netns NAT
+        // and the VM's NIC.
+        time_fetches(
+            "CRI PortForward request + HTTP GET through the VM's NIC",
+            5,
+            async || {
+                let (reply, _) = port_forward_fetch(&mut cri, ctrd, &web, 8080).await;
+                assert!(reply.ends_with("hello-from-web\n"), "{reply}");
+            },
+        )
+        .await;
         // Any port, with no listener of ours for it: one that nobody in
         // the guest serves is refused, by the guest, through the same path.
-        let url = cri
-            .port_forward(PortForwardRequest {
-                pod_sandbox_id: web.clone(),
-                port: vec![8081],
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .url;
-        let (reply, errors) = tokio::task::spawn_blocking(move || port_forward_get(&url, 8081))
-            .await
-            .unwrap();
+        let (reply, errors) = port_forward_fetch(&mut cri, ctrd, &web, 8081).await;
         assert_eq!(reply, "");
         assert!(errors.contains("8081"), "{errors}");
 

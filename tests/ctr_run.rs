@@ -7,6 +7,7 @@ use std::{fs, io::Write, process::Stdio};
 
 use firedoor_tests::{
     containerd::{Containerd, RUNTIME},
+    hooks::HookProbes,
     image::BUSYBOX_IMAGE,
     processes_mentioning, TTY_SIZE_SCRIPT,
 };
@@ -284,15 +285,15 @@ fn containerd_restart_keeps_the_task_manageable() {
 fn host_hooks_run_with_the_state_and_a_pid_in_the_containers_netns() {
     let ctrd = Containerd::start();
     let id = "fd-hooks";
-    let out_dir = ctrd.dir().join("hooks");
-    fs::create_dir(&out_dir).unwrap();
+    let probes = HookProbes::new(&ctrd.dir().join("hooks"));
     let hook = |phase: &str| {
-        let script = format!(
-            "state=$(cat); echo \"$state\" > {dir}/{phase}.json; \
-             pid=$(echo \"$state\" | sed -n 's/.*\"pid\":\\([0-9]*\\).*/\\1/p'); \
-             readlink /proc/$pid/ns/net > {dir}/{phase}.netns; ls {dir} > {dir}/{phase}.before",
-            dir = out_dir.display()
+        // Also the network namespace of the state's pid.
+        let netns = format!(
+            "pid=$(echo \"$state\" | sed -n 's/.*\"pid\":\\([0-9]*\\).*/\\1/p'); \
+             readlink /proc/$pid/ns/net > {dir}/{phase}.netns; ",
+            dir = probes.dir().display()
         );
+        let script = probes.script(phase, &netns);
         serde_json::json!({
             "path": "/bin/sh",
             "args": ["sh", "-c", script],
@@ -342,26 +343,11 @@ fn host_hooks_run_with_the_state_and_a_pid_in_the_containers_netns() {
         ctrd.log_tail(30)
     );
     assert_eq!(text(&out.stdout), "hooked\n");
-    let read = |name: &str| fs::read_to_string(out_dir.join(name)).unwrap_or_default();
-    for (phase, status) in [
-        ("create", "creating"),
-        ("poststart", "running"),
-        ("poststop", "stopped"),
-    ] {
-        let state: serde_json::Value = serde_json::from_str(&read(&format!("{phase}.json")))
-            .unwrap_or_else(|e| panic!("{phase} hook state: {e}\n{}", ctrd.log_tail(30)));
-        assert_eq!(state["id"], id, "{state}");
-        assert_eq!(state["status"], status, "{state}");
-        assert!(state["bundle"].as_str().unwrap().ends_with(id), "{state}");
-    }
-    // In order: each hook saw the files of the ones before it.
-    assert!(!read("create.before").contains("poststart"));
-    assert!(read("poststart.before").contains("create.json"));
-    assert!(read("poststop.before").contains("poststart.json"));
+    probes.assert_ran_in_order(id, || ctrd.log_tail(30));
     // The pid was a live host process in a network namespace of its own.
-    let netns = read("create.netns");
+    let netns = probes.read("create.netns");
     assert!(netns.starts_with("net:["), "{netns:?}");
-    assert_eq!(read("poststop.netns"), netns);
+    assert_eq!(probes.read("poststop.netns"), netns);
     let host = fs::read_link("/proc/self/ns/net").unwrap();
     assert_ne!(netns.trim(), host.to_string_lossy());
     ctrd.assert_sandbox_gone(id);

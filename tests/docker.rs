@@ -14,8 +14,9 @@ use std::{
 };
 
 use firedoor_tests::{
-    containerd::{Build, Containerd, RUNTIME},
-    docker::{Docker, DockerSetup, BUSYBOX},
+    containerd::{Build, Containerd},
+    docker::{run_args, Docker, DockerSetup},
+    hooks::HookProbes,
     TTY_SIZE_SCRIPT,
 };
 
@@ -24,21 +25,8 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// `docker run --rm --runtime firedoor --network none FLAGS busybox ARGS`.
-fn run_args<'a>(flags: &[&'a str], args: &[&'a str]) -> Vec<&'a str> {
-    let mut all = vec![
-        "run",
-        "--rm",
-        "--pull",
-        "never",
-        "--runtime",
-        RUNTIME,
-        "--network",
-        "none",
-    ];
-    all.extend_from_slice(flags);
-    all.push(BUSYBOX);
-    all.extend_from_slice(args);
-    all
+fn rm_args<'a>(flags: &[&'a str], args: &[&'a str]) -> Vec<&'a str> {
+    run_args(&[&["--rm", "--network", "none"], flags].concat(), args)
 }
 
 #[test]
@@ -46,7 +34,7 @@ fn docker_run_output_exit_codes_stdin_tty_and_volumes() {
     let ctrd = Containerd::start_build(Build::named("2.1"));
     let docker = Docker::start(&ctrd);
 
-    let out = docker.docker(&run_args(&[], &["echo", "hi from docker"]));
+    let out = docker.docker(&rm_args(&[], &["echo", "hi from docker"]));
     assert!(
         out.status.success(),
         "{}\n{}\n{}",
@@ -56,12 +44,12 @@ fn docker_run_output_exit_codes_stdin_tty_and_volumes() {
     );
     assert_eq!(text(&out.stdout), "hi from docker\n");
 
-    let out = docker.docker(&run_args(&[], &["sh", "-c", "exit 3"]));
+    let out = docker.docker(&rm_args(&[], &["sh", "-c", "exit 3"]));
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
 
     // -i: stdin reaches the container and is closed after the last byte.
     let mut child = docker
-        .command(&run_args(&["-i"], &["sh", "-c", "cat; echo done"]))
+        .command(&rm_args(&["-i"], &["sh", "-c", "cat; echo done"]))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -81,7 +69,7 @@ fn docker_run_output_exit_codes_stdin_tty_and_volumes() {
         "stty rows 31 cols 97; {} --host {} {}",
         docker.docker_path().display(),
         docker.host_arg(),
-        run_args(&["-t"], &["sh", "-c", &format!("'{TTY_SIZE_SCRIPT}'")]).join(" ")
+        rm_args(&["-t"], &["sh", "-c", &format!("'{TTY_SIZE_SCRIPT}'")]).join(" ")
     );
     let out = Command::new("script")
         .args(["-qec", &tty, "/dev/null"])
@@ -98,7 +86,7 @@ fn docker_run_output_exit_codes_stdin_tty_and_volumes() {
     std::fs::create_dir(&volume).unwrap();
     std::fs::write(volume.join("in"), "from the host\n").unwrap();
     let bind = format!("{}:/data", volume.display());
-    let out = docker.docker(&run_args(
+    let out = docker.docker(&rm_args(
         &["-v", &bind],
         &["sh", "-c", "cat /data/in; echo from the vm > /data/out"],
     ));
@@ -115,22 +103,11 @@ fn docker_exec_and_stop() {
     let ctrd = Containerd::start_build(Build::named("2.1"));
     let docker = Docker::start(&ctrd);
     let name = "fd-docker-stop";
-    docker.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
+    docker.run_detached(
         name,
-        "--pull",
-        "never",
-        "--runtime",
-        RUNTIME,
-        "--network",
-        "none",
-        BUSYBOX,
-        "sh",
-        "-c",
-        "trap 'exit 0' TERM; sleep 1000 & wait",
-    ]);
+        &["--network", "none"],
+        &["sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"],
+    );
     let out = docker.docker_ok(&["exec", name, "sh", "-c", "echo from exec; hostname"]);
     assert!(out.starts_with("from exec\n"), "{out}");
     let out = docker.docker(&["exec", name, "sh", "-c", "exit 4"]);
@@ -186,23 +163,16 @@ fn docker_run_publishes_a_port_served_from_the_vm_on_a_private_bridge() {
     let netns = docker.netns().unwrap();
     let name = "fd-docker-web";
     let id = docker
-        .docker_ok(&[
-            "run",
-            "-d",
-            "--name",
+        .run_detached(
             name,
-            "--pull",
-            "never",
-            "--runtime",
-            RUNTIME,
-            "-p",
-            "8080:80",
-            BUSYBOX,
-            "sh",
-            "-c",
-            "mkdir -p /www && echo served from the vm > /www/index.html && \
-             exec httpd -f -p 80 -h /www",
-        ])
+            &["-p", "8080:80"],
+            &[
+                "sh",
+                "-c",
+                "mkdir -p /www && echo served from the vm > /www/index.html && \
+                 exec httpd -f -p 80 -h /www",
+            ],
+        )
         .trim()
         .to_string();
     let inspect = docker.docker_ok(&[
@@ -275,18 +245,13 @@ fn host_addresses() -> String {
 fn docker_runs_cdi_hooks_on_the_host_in_order_with_the_state() {
     let ctrd = Containerd::start_build(Build::named("2.1"));
     let cdi = ctrd.dir().join("cdi");
-    let out_dir = ctrd.dir().join("hook-out");
+    let probes = HookProbes::new(&ctrd.dir().join("hook-out"));
     fs::create_dir_all(&cdi).unwrap();
-    fs::create_dir_all(&out_dir).unwrap();
     let hook = |name: &str, phase: &str| {
-        let script = format!(
-            "state=$(cat); echo \"$state\" > {dir}/{phase}.json; ls {dir} > {dir}/{phase}.before",
-            dir = out_dir.display()
-        );
         serde_json::json!({
             "hookName": name,
             "path": "/bin/sh",
-            "args": ["sh", "-c", script],
+            "args": ["sh", "-c", probes.script(phase, "")],
             "env": ["PATH=/usr/bin:/bin"],
             "timeout": 30
         })
@@ -333,23 +298,17 @@ fn docker_runs_cdi_hooks_on_the_host_in_order_with_the_state() {
         },
     );
     let name = "fd-docker-hooks";
-    let out = docker.docker(&[
-        "run",
-        "--name",
-        name,
-        "--pull",
-        "never",
-        "--runtime",
-        RUNTIME,
-        "--network",
-        "none",
-        "--device",
-        "firedoor.test/hooks=probe",
-        BUSYBOX,
-        "sh",
-        "-c",
-        "echo hooked; ip -o -4 addr show eth0",
-    ]);
+    let out = docker.docker(&run_args(
+        &[
+            "--name",
+            name,
+            "--network",
+            "none",
+            "--device",
+            "firedoor.test/hooks=probe",
+        ],
+        &["sh", "-c", "echo hooked; ip -o -4 addr show eth0"],
+    ));
     assert!(
         out.status.success(),
         "{}\n{}\n{}",
@@ -367,53 +326,26 @@ fn docker_runs_cdi_hooks_on_the_host_in_order_with_the_state() {
     let id = id.trim();
     // poststop runs when the task is deleted: docker rm.
     docker.docker_ok(&["rm", name]);
-    let read = |name: &str| fs::read_to_string(out_dir.join(name)).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while read("poststop.before").is_empty() && Instant::now() < deadline {
+    while probes.read("poststop.before").is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let mut pids = Vec::new();
-    for (phase, status) in [
-        ("create", "creating"),
-        ("poststart", "running"),
-        ("poststop", "stopped"),
-    ] {
-        let state: serde_json::Value = serde_json::from_str(&read(&format!("{phase}.json")))
-            .unwrap_or_else(|e| panic!("{phase} hook state: {e}\n{}", ctrd.log_tail(30)));
-        assert_eq!(state["id"], id, "{state}");
-        assert_eq!(state["status"], status, "{state}");
-        assert!(state["bundle"].as_str().unwrap().ends_with(id), "{state}");
-        pids.push(state["pid"].as_u64().unwrap_or_default());
-    }
-    // One host process, the one create reported, in every state.
-    assert!(
-        pids[0] > 0 && pids.iter().all(|p| *p == pids[0]),
-        "{pids:?}"
-    );
-    // In order: each hook saw the files of the ones before it.
-    assert!(!read("create.before").contains("poststart"));
-    assert!(read("poststart.before").contains("create.json"));
-    assert!(read("poststop.before").contains("poststart.json"));
+    probes.assert_ran_in_order(id, || ctrd.log_tail(30));
     assert_vm_gone(&ctrd, id);
 
     // A failing createRuntime hook fails the run, naming it, and leaves
     // nothing behind.
-    let out = docker.docker(&[
-        "run",
-        "--name",
-        "fd-docker-refused",
-        "--pull",
-        "never",
-        "--runtime",
-        RUNTIME,
-        "--network",
-        "none",
-        "--device",
-        "firedoor.test/hooks=refusing",
-        BUSYBOX,
-        "echo",
-        "never",
-    ]);
+    let out = docker.docker(&run_args(
+        &[
+            "--name",
+            "fd-docker-refused",
+            "--network",
+            "none",
+            "--device",
+            "firedoor.test/hooks=refusing",
+        ],
+        &["echo", "never"],
+    ));
     assert!(!out.status.success(), "ran despite the failing hook");
     assert!(
         text(&out.stderr).contains("the hook refused"),

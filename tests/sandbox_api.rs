@@ -9,14 +9,15 @@ use std::{collections::HashMap, fs, path::Path};
 use firedoor_tests::{
     containerd::{Build, Containerd, SANDBOX_API_HANDLER},
     cri::{
-        connect, container_config, exec_sh, pod_state_dir, remove_pod, run_pod_on, start_container,
+        self, connect, container_config, exec_sh, pod_state_dir, remove_pod, run_pod_on,
+        start_container,
     },
     image::PAUSE_IMAGE,
     mounts_mentioning, processes_mentioning,
 };
 use k8s_cri::v1::{
-    LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxState,
-    PodSandboxStatusRequest, RemoveContainerRequest, StopContainerRequest,
+    PodSandboxConfig, PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest,
+    StopContainerRequest,
 };
 
 /// A pod on the test's CNI network (containerd 2.1.9 itself crashes on a
@@ -24,20 +25,11 @@ use k8s_cri::v1::{
 /// fixed in 2.2), whose VM the annotations size.
 fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.display().to_string(),
         annotations: HashMap::from([
             ("io.firedoor.vm.vcpus".to_string(), "2".to_string()),
             ("io.firedoor.vm.memory_mib".to_string(), "320".to_string()),
         ]),
-        linux: Some(LinuxPodSandboxConfig::default()),
-        ..Default::default()
+        ..cri::pod_config(name, logs)
     }
 }
 

@@ -16,10 +16,9 @@
 
 use std::{
     collections::HashMap,
-    io::Write,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Command, ExitStatus, Stdio},
+    process::Command,
     sync::Arc,
     time::Duration,
 };
@@ -27,6 +26,8 @@ use std::{
 use firedoor_hypervisor::process::ManagedChild;
 use log::{info, warn};
 use oci_spec::runtime::{ContainerState, Hook, LinuxNamespaceType, Spec, State};
+
+use crate::child::run_with_deadline;
 
 /// The longest a hook without a timeout of its own may run: the shim must
 /// not wait for ever on a host program.
@@ -200,52 +201,10 @@ fn run_one(phase: &'static str, hook: &Hook, state: &[u8]) -> Result<(), HookErr
             cmd.env(key, value);
         }
     }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| fail(format!("cannot start: {e}")))?;
-    // Opened before anyone can reap the child, the pidfd names exactly this
-    // process: the kill on timeout can never hit a reused PID, even when the
-    // waiting thread reaps the hook just as the timeout expires.
-    let pidfd = match rustix::process::pidfd_open(
-        rustix::process::Pid::from_child(&child),
-        rustix::process::PidfdFlags::empty(),
-    ) {
-        Ok(pidfd) => pidfd,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(fail(format!("cannot watch it (pidfd_open): {e}")));
-        }
-    };
-    // A hook that does not read its stdin must not block us: the state is
-    // small (one pipe buffer), and a write error just means it did not read.
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(state);
-    }
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let output = match rx.recv_timeout(timeout) {
-        Ok(result) => result.map_err(|e| fail(format!("waiting for it: {e}")))?,
-        Err(_) => {
-            // ESRCH: it ended after all, and the waiting thread reaps it.
-            let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
-            return Err(fail(format!("still running after {timeout:?}; killed")));
-        }
-    };
-    check_status(output.status, &output.stderr).map_err(fail)
-}
-
-fn check_status(status: ExitStatus, stderr: &[u8]) -> Result<(), String> {
-    if status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(stderr);
-    Err(format!("{status}: {}", stderr.trim()))
+    run_with_deadline(&mut cmd, state, timeout)
+        .map_err(|e| fail(e.to_string()))?
+        .check()
+        .map_err(fail)
 }
 
 /// A host process parked in the container's network namespace, whose PID

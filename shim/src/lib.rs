@@ -4,6 +4,7 @@
 
 pub mod assets;
 pub mod backends;
+pub mod child;
 pub mod config;
 pub mod error;
 pub mod hooks;

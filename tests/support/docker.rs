@@ -17,10 +17,23 @@ use std::{
 
 use firedoor_hypervisor::process::ManagedChild;
 
-use crate::{containerd::Containerd, image, workspace_root, Readiness};
+use crate::{
+    containerd::{Containerd, RUNTIME},
+    image, workspace_root, Readiness,
+};
 
 /// The test image as Docker names it (`docker load` of the busybox image).
 pub const BUSYBOX: &str = "busybox:firedoor-test";
+
+/// `docker run --pull never --runtime firedoor FLAGS busybox COMMAND`'s
+/// arguments (after `docker`): the image is loaded, never pulled.
+pub fn run_args<'a>(flags: &[&'a str], command: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["run", "--pull", "never", "--runtime", RUNTIME];
+    all.extend_from_slice(flags);
+    all.push(BUSYBOX);
+    all.extend_from_slice(command);
+    all
+}
 
 /// How the test's dockerd is set up beyond the defaults.
 #[derive(Debug, Default)]
@@ -249,6 +262,16 @@ impl Docker {
             self.log_tail(30)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `docker run -d --name NAME --pull never --runtime firedoor FLAGS
+    /// busybox COMMAND`, which must succeed: the container's id (with
+    /// docker's newline).
+    pub fn run_detached(&self, name: &str, flags: &[&str], command: &[&str]) -> String {
+        self.docker_ok(&run_args(
+            &[&["-d", "--name", name], flags].concat(),
+            command,
+        ))
     }
 
     pub fn docker_path(&self) -> &Path {

@@ -13,6 +13,7 @@ pub mod containerd;
 pub mod cri;
 pub mod docker;
 pub mod guest;
+pub mod hooks;
 pub mod image;
 pub mod network;
 

@@ -26,11 +26,7 @@
 //! shim does not disturb CNI DEL (it names no interface) and goes with the
 //! namespace.
 
-use std::{
-    io::{self, Write},
-    net::Ipv4Addr,
-    process::{Command, Stdio},
-};
+use std::{io, net::Ipv4Addr, process::Command, time::Duration};
 
 use firedoor_protocol::netlink::{
     route::{
@@ -45,6 +41,7 @@ use firedoor_protocol::netlink::{
 };
 
 use super::tc::{FILTER_PRIO, INGRESS_HANDLE};
+use crate::child::{run_with_deadline, Finished, RunError};
 
 /// The namespace's end of the link-local pair, on the tap. 169.254.77.0/30
 /// is clear of the link-local addresses in common use (169.254.169.254
@@ -92,6 +89,10 @@ fn ruleset(tap_name: &str) -> String {
     )
 }
 
+/// The longest one `nft` run may take: a hung `nft` fails the pod's
+/// network setup (or teardown) instead of stalling it for ever.
+const NFT_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Runs `nft -f -` on `script` in the calling thread's network namespace
 /// (a child inherits the namespaces of the thread that forks it).
 ///
@@ -100,25 +101,30 @@ fn ruleset(tap_name: &str) -> String {
 /// others wrap libnftnl (GPL-2.0) or this same binary. Debian's `nftables`
 /// package; without it port forwarding is off and the pod works otherwise.
 fn nft(script: &str) -> io::Result<()> {
-    let mut child = nft_command()
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "nft: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    let finished = run_until(nft_command(), &["-f", "-"], script, NFT_DEADLINE)?;
+    finished
+        .check()
+        .map_err(|e| io::Error::other(format!("nft: {e}")))
+}
+
+/// Runs `cmd args` with `input` on its stdin, for at most `deadline`; an
+/// error names the command line.
+fn run_until(
+    mut cmd: Command,
+    args: &[&str],
+    input: &str,
+    deadline: Duration,
+) -> io::Result<Finished> {
+    let command_line = format!("{} {}", cmd.get_program().to_string_lossy(), args.join(" "));
+    cmd.args(args);
+    run_with_deadline(&mut cmd, input.as_bytes(), deadline).map_err(|e| {
+        let kind = match &e {
+            RunError::Start(source) | RunError::Wait(source) => source.kind(),
+            RunError::Watch(_) => io::ErrorKind::Other,
+            RunError::DeadlineExpired { .. } => io::ErrorKind::TimedOut,
+        };
+        io::Error::new(kind, format!("`{command_line}`: {e}"))
+    })
 }
 
 /// `nft`, from its Debian place when the shim's PATH (containerd's) lacks
@@ -220,13 +226,16 @@ fn add_pass_filter(
 pub fn remove() -> io::Result<()> {
     // `destroy` (nft >= 1.0.8) would ignore a missing table; Debian 12 has
     // 1.0.6, so list first.
-    let listed = nft_command()
-        .args(["list", "table", "ip", NFT_TABLE])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    let listed = run_until(
+        nft_command(),
+        &["list", "table", "ip", NFT_TABLE],
+        "",
+        NFT_DEADLINE,
+    );
     match listed {
-        Ok(status) if status.success() => nft(&format!("delete table ip {NFT_TABLE}\n")),
+        Ok(finished) if finished.status.success() => nft(&format!("delete table ip {NFT_TABLE}\n")),
+        // A hung `nft` is worth telling; a missing one or table is not.
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(e),
         _ => Ok(()),
     }
 }
@@ -247,5 +256,38 @@ mod tests {
             rules.contains("oifname \"fdtap0\" ip saddr 127.0.0.0/8 snat to 169.254.77.1"),
             "{rules}"
         );
+    }
+
+    #[test]
+    fn a_hung_nft_is_killed_at_its_deadline_with_an_error_naming_it() {
+        // `sleep` stands in for an `nft` that never ends.
+        let err = run_until(
+            Command::new("sleep"),
+            &["100"],
+            "",
+            Duration::from_millis(200),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("`sleep 100`")
+                && message.contains("200ms")
+                && message.contains("killed"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_missing_nft_keeps_its_not_found_kind() {
+        let err = run_until(
+            Command::new("/nonexistent/nft"),
+            &["-f", "-"],
+            "",
+            NFT_DEADLINE,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        assert!(err.to_string().contains("/nonexistent/nft -f -"), "{err}");
     }
 }
