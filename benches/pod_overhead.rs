@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use firedoor_benches::backend_in_log;
 use firedoor_tests::{
     containerd::Containerd,
     cri::{connect, container_config, pod_config, start_container, Cri},
@@ -179,13 +180,7 @@ fn main() {
         usages
     });
     let log = ctrd.log_tail(100_000);
-    let backend = log
-        .split("booting the sandbox VM with the ")
-        .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .map_or("backend not logged".into(), |s| {
-            s.replace(" backend (", ", ")
-        });
+    let backend = backend_in_log(&log);
     println!(
         "host CPU of one idle pod (pause + `sleep`) over {seconds} s after {} s to settle, \
          containerd {}, firedoor on {backend}; load average before: {}",

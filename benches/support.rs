@@ -11,6 +11,17 @@ pub fn guest_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest")
 }
 
+/// The VMM backend and accelerator the shim logged when it booted a sandbox
+/// ("qemu, tcg", "builtin, kvm"), from containerd's log.
+pub fn backend_in_log(log: &str) -> String {
+    log.split("booting the sandbox VM with the ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .map_or("backend not logged".into(), |s| {
+            s.replace(" backend (", ", ")
+        })
+}
+
 /// min / median / max of `samples`, in milliseconds.
 pub fn summary(samples: &mut [Duration]) -> String {
     samples.sort();
