@@ -134,6 +134,10 @@ const CONFINEMENT: &str = "grep '^Seccomp:' /proc/self/status; \
     chmod 400 / 2>/dev/null && echo chmod allowed || echo chmod denied; \
     hostname x 2>/dev/null && echo hostname allowed || echo hostname denied";
 
+/// What a container's first process wrote, once it has written all of it
+/// (an ExecSync may come before the init's script has run to its end).
+const INIT_OUTPUT: &str = "while [ ! -e /tmp/init ]; do usleep 20000; done; cat /tmp/init";
+
 /// Issue 9 items 1 and 2: seccomp profiles apply to a container's first
 /// process and to ExecSync'd ones; a setuid binary escalates unless
 /// no_new_privs (allowPrivilegeEscalation: false) is on.
@@ -159,7 +163,11 @@ fn seccomp_and_no_new_privs_hold_for_every_process() {
                 &[
                     "sh",
                     "-c",
-                    &format!("{{ {init}; }} > /tmp/init 2>&1; exec sleep 1000000"),
+                    // Renamed into place once complete: see INIT_OUTPUT.
+                    &format!(
+                        "{{ {init}; }} > /tmp/init.part 2>&1; mv /tmp/init.part /tmp/init; \
+                         exec sleep 1000000"
+                    ),
                 ],
             )
         };
@@ -178,7 +186,7 @@ fn seccomp_and_no_new_privs_hold_for_every_process() {
             ),
         )
         .await;
-        assert_eq!(exec_sh(cri, &id, "cat /tmp/init").await, "Seccomp:\t2\n");
+        assert_eq!(exec_sh(cri, &id, INIT_OUTPUT).await, "Seccomp:\t2\n");
         let exec = exec_sh(cri, &id, "grep -E '^(Seccomp|CapEff):' /proc/self/status").await;
         assert!(exec.contains("Seccomp:\t2\n"), "ExecSync: {exec}");
         // The exec'd process keeps containerd's default capabilities only.
@@ -207,7 +215,7 @@ fn seccomp_and_no_new_privs_hold_for_every_process() {
         )
         .await;
         let want = "Seccomp:\t2\nchmod denied\nhostname denied\n";
-        assert_eq!(exec_sh(cri, &id, "cat /tmp/init").await, want);
+        assert_eq!(exec_sh(cri, &id, INIT_OUTPUT).await, want);
         assert_eq!(exec_sh(cri, &id, CONFINEMENT).await, want);
 
         let id = start_container(
@@ -224,7 +232,7 @@ fn seccomp_and_no_new_privs_hold_for_every_process() {
             ),
         )
         .await;
-        assert_eq!(exec_sh(cri, &id, "cat /tmp/init").await, "Seccomp:\t0\n");
+        assert_eq!(exec_sh(cri, &id, INIT_OUTPUT).await, "Seccomp:\t0\n");
         let exec = exec_sh(cri, &id, "grep '^Seccomp:' /proc/self/status").await;
         assert_eq!(exec, "Seccomp:\t0\n");
 
@@ -248,7 +256,7 @@ fn seccomp_and_no_new_privs_hold_for_every_process() {
             )
             .await;
             assert_eq!(
-                exec_sh(cri, &id, "cat /tmp/init").await.trim(),
+                exec_sh(cri, &id, INIT_OUTPUT).await.trim(),
                 want,
                 "{name} init"
             );
