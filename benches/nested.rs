@@ -58,10 +58,14 @@ fn main() {
             std::process::exit(1);
         }
     }
+    // A failed check's last lines come back marked `!! ` so that the bench
+    // can say why it failed.
     let script = format!(
         "for i in $(seq {runs}); do for b in builtin qemu; do \
-           echo \"== $b\"; \"$0\" check --boot --backend $b --round-trips {ROUND_TRIPS} \
-             || echo \"== failed\"; \
+           echo \"== $b\"; \
+           if out=$(\"$0\" check --boot --backend $b --round-trips {ROUND_TRIPS} 2>&1); then \
+             echo \"$out\"; \
+           else echo \"$out\" | tail -n 3 | sed 's/^/!! /'; echo \"== failed\"; fi; \
          done; done"
     );
     let started = Instant::now();
@@ -77,8 +81,12 @@ fn main() {
         panic!("nested run failed: {}", out.status);
     }
 
-    // (host clock, guest uptime, failed boots, round-trip lines) per backend.
-    let (mut builtin, mut qemu) = ((vec![], vec![], 0, vec![]), (vec![], vec![], 0, vec![]));
+    // (host clock, guest uptime, failed boots, round-trip lines, why the
+    // failed ones failed) per backend.
+    let (mut builtin, mut qemu) = (
+        (vec![], vec![], 0, vec![], vec![]),
+        (vec![], vec![], 0, vec![], vec![]),
+    );
     let mut current = None;
     for line in stdout.lines() {
         match line {
@@ -87,6 +95,11 @@ fn main() {
             "== failed" => {
                 if let Some(samples) = current.as_mut() {
                     samples.2 += 1;
+                }
+            }
+            _ if line.starts_with("!! ") => {
+                if let Some(samples) = current.as_mut() {
+                    samples.4.push(line[3..].to_owned());
                 }
             }
             _ if line.contains("Check RPC round trip") => {
@@ -128,6 +141,9 @@ fn main() {
         }
         if samples.2 > 0 {
             println!("    failed boots: {} of {runs}", samples.2);
+            for why in &samples.4 {
+                println!("      {why}");
+            }
         }
     }
     if !accel.contains("(kvm)") {
