@@ -35,8 +35,8 @@ const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(1);
 ///
 /// Each event gets a connection of its own, closed once containerd has
 /// taken the event: ttrpc's synchronous client polls its socket every 10 ms
-/// for as long as it is connected (about 100 wake-ups a second, half an
-/// idle shim's CPU), and a shim publishes only a few events per container.
+/// for as long as it is connected (about 100 wake-ups a second, half of an
+/// idle shim's), and a shim publishes only a few events per container.
 struct Containerd {
     /// The connection the shim was started with, until the first event;
     /// then `None` between events. Events go out one at a time under this
