@@ -116,10 +116,12 @@ pub fn root_is_initramfs() -> Result<bool, InitError> {
     }))
 }
 
-/// Copies /init onto a tmpfs, moves that over `/`, chroots into it and
-/// executes /init again (still PID 1), as switch_root does. The initramfs
-/// copy of the agent is deleted to give its memory back.
-pub fn switch_to_tmpfs_root() -> Result<std::convert::Infallible, InitError> {
+/// Moves a fresh tmpfs over `/` and chroots into it, as switch_root does,
+/// without copying the agent or executing it again: the running agent and
+/// every runtime helper (`/proc/self/exe`) keep using the initramfs's
+/// `/init`, which stays in memory either way. Under TCG a second exec would
+/// also translate the agent's start-up code a second time.
+pub fn switch_to_tmpfs_root() -> Result<(), InitError> {
     let err = |what: &str, e: &dyn std::fmt::Display| InitError::SwitchRoot(format!("{what}: {e}"));
     const NEW_ROOT: &str = "/newroot";
     fs::create_dir_all(NEW_ROOT).map_err(|e| err("creating /newroot", &e))?;
@@ -135,18 +137,12 @@ pub fn switch_to_tmpfs_root() -> Result<std::convert::Infallible, InitError> {
         let path = Path::new(NEW_ROOT).join(dir);
         fs::create_dir(&path).map_err(|e| err("creating directories", &e))?;
     }
-    fs::copy("/init", "/newroot/init").map_err(|e| err("copying /init", &e))?;
-    let _ = fs::remove_file("/init");
     nix::unistd::chdir(NEW_ROOT).map_err(|e| err("chdir", &e))?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
         .map_err(|e| err("moving the tmpfs over /", &e))?;
     nix::unistd::chroot(".").map_err(|e| err("chroot", &e))?;
     nix::unistd::chdir("/").map_err(|e| err("chdir", &e))?;
-    let args: Vec<std::ffi::CString> = std::env::args_os()
-        .filter_map(|a| std::ffi::CString::new(a.into_encoded_bytes()).ok())
-        .collect();
-    let e = nix::unistd::execv(c"/init", &args).unwrap_err();
-    Err(err("executing /init", &e))
+    Ok(())
 }
 
 /// Mounts the basic filesystems and lets the kernel turn Ctrl-Alt-Del into
