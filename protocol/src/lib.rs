@@ -13,6 +13,14 @@ pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
 }
 
+/// The async ttrpc client (`AgentClient` on tokio), for the host: it sleeps
+/// until the agent answers, where the sync client polls every 10 ms.
+#[cfg(feature = "async-client")]
+#[allow(warnings, clippy::all)] // generated code
+pub mod agent_ttrpc_async {
+    include!(concat!(env!("OUT_DIR"), "/async/agent_ttrpc.rs"));
+}
+
 #[cfg(feature = "netlink")]
 pub mod netlink;
 pub mod oci;

@@ -108,16 +108,21 @@ impl Guest {
             shared_fs_tag: SHARED_FS_TAG.into(),
             ..Default::default()
         };
-        sandbox
-            .agent()
-            .client()
-            .create_sandbox(ctx(timeout), &req)
+        let agent = sandbox.agent();
+        agent
+            .block_on(agent.client().create_sandbox(ctx(timeout), &req))
             .unwrap();
         Guest { sandbox, timeout }
     }
 
-    pub fn agent(&self) -> &firedoor_protocol::agent_ttrpc::AgentClient {
+    /// The agent's raw client; run its calls with [`Guest::rpc`].
+    pub fn agent(&self) -> &firedoor_protocol::agent_ttrpc_async::AgentClient {
         self.sandbox.agent().client()
+    }
+
+    /// Runs one of [`Guest::agent`]'s calls to its end.
+    pub fn rpc<F: std::future::Future>(&self, call: F) -> F::Output {
+        self.sandbox.agent().block_on(call)
     }
 
     /// Creates container `id`; returns its guest pid.
@@ -133,8 +138,7 @@ impl Guest {
             .into(),
             ..Default::default()
         };
-        self.agent()
-            .create_container(ctx(self.timeout), &req)
+        self.rpc(self.agent().create_container(ctx(self.timeout), &req))
             .unwrap()
             .pid
     }
@@ -147,9 +151,11 @@ impl Guest {
     }
 
     pub fn start(&self, id: &str) {
-        self.agent()
-            .start_container(ctx(self.timeout), &Self::container(id))
-            .unwrap();
+        self.rpc(
+            self.agent()
+                .start_container(ctx(self.timeout), &Self::container(id)),
+        )
+        .unwrap();
     }
 
     /// The container's stdout stream (it must have been created with one).
@@ -179,8 +185,7 @@ impl Guest {
             process_json: process.into_bytes(),
             ..Default::default()
         };
-        self.agent()
-            .exec_process(ctx(self.timeout), &req)
+        self.rpc(self.agent().exec_process(ctx(self.timeout), &req))
             .unwrap()
             .pid
     }
@@ -197,8 +202,7 @@ impl Guest {
             exec_id: exec_id.into(),
             ..Default::default()
         };
-        self.agent()
-            .wait_process(ctx(self.timeout), &req)
+        self.rpc(self.agent().wait_process(ctx(self.timeout), &req))
             .unwrap()
             .exit_status
     }
@@ -209,17 +213,18 @@ impl Guest {
             force: true,
             ..Default::default()
         };
-        self.agent()
-            .remove_container(ctx(self.timeout), &req)
+        self.rpc(self.agent().remove_container(ctx(self.timeout), &req))
             .unwrap();
     }
 
     /// Destroys the sandbox and powers the guest off; panics unless the VM
     /// ended by itself with status 0.
     pub fn shut_down(self) {
-        self.agent()
-            .destroy_sandbox(ctx(self.timeout), &DestroySandboxRequest::new())
-            .unwrap();
+        self.rpc(
+            self.agent()
+                .destroy_sandbox(ctx(self.timeout), &DestroySandboxRequest::new()),
+        )
+        .unwrap();
         let (status, killed) = self.sandbox.shutdown().unwrap();
         assert!(!killed && status.success(), "{status}");
     }
@@ -290,8 +295,8 @@ pub fn containers_run_from_the_virtiofs_share(backend: &dyn Backend) {
     );
     guest.start("oom");
     assert_eq!(guest.wait("oom"), 137);
-    let event = agent
-        .get_oom_event(ctx(Duration::from_secs(10)), &GetOOMEventRequest::new())
+    let event = guest
+        .rpc(agent.get_oom_event(ctx(Duration::from_secs(10)), &GetOOMEventRequest::new()))
         .unwrap();
     assert_eq!(event.container_id, "oom");
     guest.remove("oom");
@@ -299,19 +304,19 @@ pub fn containers_run_from_the_virtiofs_share(backend: &dyn Backend) {
     // A running container: stats, pause and resume.
     guest.create("sleep", spec(&["sleep", "1000"], Some(64 << 20)), false);
     guest.start("sleep");
-    let stats = agent
-        .stats_container(ctx(TIMEOUT), &Guest::container("sleep"))
+    let stats = guest
+        .rpc(agent.stats_container(ctx(TIMEOUT), &Guest::container("sleep")))
         .unwrap();
     let memory = stats.memory.as_ref().expect("memory stats");
     assert!(memory.usage > 0, "{stats:?}");
     assert_eq!(memory.limit, 64 << 20);
     assert_eq!(stats.pids.as_ref().expect("pids stats").current, 1);
     assert!(stats.cpu.is_some());
-    agent
-        .pause_container(ctx(TIMEOUT), &Guest::container("sleep"))
+    guest
+        .rpc(agent.pause_container(ctx(TIMEOUT), &Guest::container("sleep")))
         .unwrap();
-    agent
-        .resume_container(ctx(TIMEOUT), &Guest::container("sleep"))
+    guest
+        .rpc(agent.resume_container(ctx(TIMEOUT), &Guest::container("sleep")))
         .unwrap();
     guest.remove("sleep");
 

@@ -1,7 +1,12 @@
 //! The typed client of a sandbox's guest agent: one method per agent RPC,
 //! each with its deadline and the error containerd should see.
+//!
+//! The calls are blocking, as the rest of the shim is, but the ttrpc client
+//! underneath is the async one on a tokio runtime of one worker thread: the
+//! sync client's receiver wakes every 10 ms while connected (half of an idle
+//! shim's wake-ups), the async one sleeps in epoll until the guest writes.
 
-use std::time::Duration;
+use std::{future::Future, os::unix::net::UnixStream, sync::OnceLock, time::Duration};
 
 use firedoor_protocol::{
     agent::{
@@ -11,8 +16,9 @@ use firedoor_protocol::{
         RemoveContainerRequest, ResizeTtyRequest, ShutdownRequest, SignalProcessRequest,
         StatsContainerResponse, UpdateContainerRequest, WaitProcessResponse,
     },
-    agent_ttrpc::AgentClient,
+    agent_ttrpc_async::AgentClient,
 };
+use tokio::runtime::{Handle, Runtime};
 
 use crate::error::{Result, ShimError};
 
@@ -24,10 +30,30 @@ pub fn ctx(timeout: Duration) -> ttrpc::context::Context {
     ttrpc::context::with_timeout(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// The agent of one sandbox VM. Cheap to clone (one ttrpc connection).
+/// The process's one runtime for agent connections, built on first use and
+/// kept for the life of the process (a shim serves one sandbox; tools and
+/// tests that boot several share it).
+fn runtime() -> std::io::Result<Handle> {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    if let Some(runtime) = RUNTIME.get() {
+        return Ok(runtime.handle().clone());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("agent-rpc")
+        .enable_io()
+        .enable_time()
+        .build()?;
+    // A racing thread may have set it first: then this one is dropped unused.
+    Ok(RUNTIME.get_or_init(|| runtime).handle().clone())
+}
+
+/// The agent of one sandbox VM. Cheap to clone (one ttrpc connection, closed
+/// when the last clone is dropped).
 #[derive(Clone)]
 pub struct GuestAgent {
     client: AgentClient,
+    runtime: Handle,
 }
 
 impl std::fmt::Debug for GuestAgent {
@@ -37,23 +63,40 @@ impl std::fmt::Debug for GuestAgent {
 }
 
 impl GuestAgent {
-    pub fn new(client: AgentClient) -> Self {
-        GuestAgent { client }
+    /// A client on `stream`, a connection to the agent's ttrpc port.
+    pub fn connect(stream: UnixStream) -> std::io::Result<Self> {
+        let runtime = runtime()?;
+        stream.set_nonblocking(true)?;
+        // Registering the socket and spawning the connection's tasks need
+        // the runtime's context.
+        let _context = runtime.enter();
+        let stream = tokio::net::UnixStream::from_std(stream)?;
+        let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(stream));
+        Ok(GuestAgent {
+            client: AgentClient::new(client),
+            runtime,
+        })
     }
 
     /// The raw ttrpc client, for tools and tests that drive the agent
-    /// directly.
+    /// directly; run its calls with [`GuestAgent::block_on`].
     pub fn client(&self) -> &AgentClient {
         &self.client
     }
 
-    /// One call with the usual deadline; a failure says what we were doing.
+    /// Runs one of [`GuestAgent::client`]'s calls to its end. Not from a
+    /// thread of a tokio runtime (the shim has none but the client's own).
+    pub fn block_on<F: Future>(&self, call: F) -> F::Output {
+        self.runtime.block_on(call)
+    }
+
+    /// One call; a failure says what we were doing.
     fn call<T>(
         &self,
         doing: impl FnOnce() -> String,
-        rpc: impl FnOnce(&AgentClient, ttrpc::context::Context) -> ttrpc::Result<T>,
+        rpc: impl Future<Output = ttrpc::Result<T>>,
     ) -> Result<T> {
-        rpc(&self.client, ctx(RPC_TIMEOUT)).map_err(|error| ShimError::Agent {
+        self.block_on(rpc).map_err(|error| ShimError::Agent {
             doing: doing(),
             error,
         })
@@ -77,7 +120,8 @@ impl GuestAgent {
     pub fn check(&self) -> Result<CheckResponse> {
         self.call(
             || "agent Check".into(),
-            |c, ctx| c.check(ctx, &CheckRequest::default()),
+            self.client
+                .check(ctx(RPC_TIMEOUT), &CheckRequest::default()),
         )
     }
 
@@ -85,7 +129,8 @@ impl GuestAgent {
     pub fn shutdown(&self) -> Result<()> {
         self.call(
             || "agent Shutdown".into(),
-            |c, ctx| c.shutdown(ctx, &ShutdownRequest::default()),
+            self.client
+                .shutdown(ctx(RPC_TIMEOUT), &ShutdownRequest::default()),
         )
         .map(drop)
     }
@@ -93,7 +138,7 @@ impl GuestAgent {
     pub fn create_sandbox(&self, request: &CreateSandboxRequest) -> Result<()> {
         self.call(
             || "setting up the guest".into(),
-            |c, ctx| c.create_sandbox(ctx, request),
+            self.client.create_sandbox(ctx(RPC_TIMEOUT), request),
         )
         .map(drop)
     }
@@ -101,7 +146,7 @@ impl GuestAgent {
     pub fn configure_network(&self, request: &ConfigureNetworkRequest) -> Result<()> {
         self.call(
             || "configuring the guest's network".into(),
-            |c, ctx| c.configure_network(ctx, request),
+            self.client.configure_network(ctx(RPC_TIMEOUT), request),
         )
         .map(drop)
     }
@@ -112,14 +157,15 @@ impl GuestAgent {
     ) -> Result<CreateContainerResponse> {
         self.call(
             || "creating the container in the guest".into(),
-            |c, ctx| c.create_container(ctx, request),
+            self.client.create_container(ctx(RPC_TIMEOUT), request),
         )
     }
 
     pub fn start_container(&self, id: &str) -> Result<()> {
         self.call(
             || "starting the container".into(),
-            |c, ctx| c.start_container(ctx, &Self::container(id)),
+            self.client
+                .start_container(ctx(RPC_TIMEOUT), &Self::container(id)),
         )
         .map(drop)
     }
@@ -133,7 +179,7 @@ impl GuestAgent {
         };
         self.call(
             || format!("removing container {id} in the guest"),
-            |c, ctx| c.remove_container(ctx, &request),
+            self.client.remove_container(ctx(RPC_TIMEOUT), &request),
         )
         .map(drop)
     }
@@ -147,7 +193,7 @@ impl GuestAgent {
         };
         self.call(
             || "updating resources".into(),
-            |c, ctx| c.update_container(ctx, &request),
+            self.client.update_container(ctx(RPC_TIMEOUT), &request),
         )
         .map(drop)
     }
@@ -155,7 +201,8 @@ impl GuestAgent {
     pub fn pause_container(&self, id: &str) -> Result<()> {
         self.call(
             || "pausing".into(),
-            |c, ctx| c.pause_container(ctx, &Self::container(id)),
+            self.client
+                .pause_container(ctx(RPC_TIMEOUT), &Self::container(id)),
         )
         .map(drop)
     }
@@ -163,7 +210,8 @@ impl GuestAgent {
     pub fn resume_container(&self, id: &str) -> Result<()> {
         self.call(
             || "resuming".into(),
-            |c, ctx| c.resume_container(ctx, &Self::container(id)),
+            self.client
+                .resume_container(ctx(RPC_TIMEOUT), &Self::container(id)),
         )
         .map(drop)
     }
@@ -171,21 +219,23 @@ impl GuestAgent {
     pub fn stats_container(&self, id: &str) -> Result<StatsContainerResponse> {
         self.call(
             || "reading the container's stats".into(),
-            |c, ctx| c.stats_container(ctx, &Self::container(id)),
+            self.client
+                .stats_container(ctx(RPC_TIMEOUT), &Self::container(id)),
         )
     }
 
     pub fn list_processes(&self, id: &str) -> Result<ListProcessesResponse> {
         self.call(
             || "listing processes".into(),
-            |c, ctx| c.list_processes(ctx, &Self::container(id)),
+            self.client
+                .list_processes(ctx(RPC_TIMEOUT), &Self::container(id)),
         )
     }
 
     pub fn exec_process(&self, request: &ExecProcessRequest) -> Result<ExecProcessResponse> {
         self.call(
             || "starting the exec process".into(),
-            |c, ctx| c.exec_process(ctx, request),
+            self.client.exec_process(ctx(RPC_TIMEOUT), request),
         )
     }
 
@@ -201,7 +251,7 @@ impl GuestAgent {
         };
         self.call(
             || format!("sending signal {signal} to {id}"),
-            |c, ctx| c.signal_process(ctx, &request),
+            self.client.signal_process(ctx(RPC_TIMEOUT), &request),
         )
         .map(drop)
     }
@@ -209,21 +259,20 @@ impl GuestAgent {
     /// Waits for the process to exit. No deadline: processes run for as
     /// long as they like; the call ends when the connection does.
     pub fn wait_process(&self, id: &str, exec_id: &str) -> Result<WaitProcessResponse> {
-        self.client
-            .wait_process(
+        self.call(
+            || format!("waiting for {id}/{exec_id}"),
+            self.client.wait_process(
                 ttrpc::context::Context::default(),
                 &Self::process(id, exec_id),
-            )
-            .map_err(|error| ShimError::Agent {
-                doing: format!("waiting for {id}/{exec_id}"),
-                error,
-            })
+            ),
+        )
     }
 
     pub fn remove_process(&self, id: &str, exec_id: &str) -> Result<()> {
         self.call(
             || format!("removing exec {exec_id} in the guest"),
-            |c, ctx| c.remove_process(ctx, &Self::process(id, exec_id)),
+            self.client
+                .remove_process(ctx(RPC_TIMEOUT), &Self::process(id, exec_id)),
         )
         .map(drop)
     }
@@ -238,7 +287,7 @@ impl GuestAgent {
         };
         self.call(
             || "resizing the terminal".into(),
-            |c, ctx| c.resize_tty(ctx, &request),
+            self.client.resize_tty(ctx(RPC_TIMEOUT), &request),
         )
         .map(drop)
     }
@@ -246,14 +295,54 @@ impl GuestAgent {
     /// The next OOM kill in the guest. A long poll without a deadline: it
     /// ends with an event or with the connection.
     pub fn get_oom_event(&self) -> Result<OOMEvent> {
-        self.client
-            .get_oom_event(
+        self.call(
+            || "waiting for OOM events".into(),
+            self.client.get_oom_event(
                 ttrpc::context::Context::default(),
                 &GetOOMEventRequest::default(),
-            )
-            .map_err(|error| ShimError::Agent {
-                doing: "waiting for OOM events".into(),
-                error,
-            })
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::mpsc, thread};
+
+    use super::*;
+
+    #[test]
+    fn a_call_without_deadline_ends_with_an_error_when_the_guest_goes() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let agent = GuestAgent::connect(host).unwrap();
+        let (done, result) = mpsc::channel();
+        thread::spawn(move || done.send(agent.wait_process("c", "")).unwrap());
+        thread::sleep(Duration::from_millis(100));
+        // A VMM killed with SIGKILL: its end of the connection closes.
+        drop(guest);
+        let error = result
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the wait ends with the connection")
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("waiting for c/"),
+            "the error says what was waited for: {error}"
+        );
+    }
+
+    #[test]
+    fn a_call_after_the_guest_went_fails_at_once() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let agent = GuestAgent::connect(host).unwrap();
+        drop(guest);
+        thread::sleep(Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        let error = agent.check().unwrap_err();
+        assert!(error.to_string().contains("agent Check"), "{error}");
+        assert!(
+            started.elapsed() < RPC_TIMEOUT / 2,
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

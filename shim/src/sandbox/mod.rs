@@ -11,10 +11,7 @@ mod watchers;
 
 use std::{
     io,
-    os::{
-        fd::{IntoRawFd, OwnedFd},
-        unix::net::UnixStream,
-    },
+    os::{fd::OwnedFd, unix::net::UnixStream},
     process::ExitStatus,
     sync::{Mutex, MutexGuard},
     time::Duration,
@@ -22,10 +19,7 @@ use std::{
 
 use anyhow::Context;
 use firedoor_hypervisor::{Backend, MicroVm, ReadinessProbe, VmSpec};
-use firedoor_protocol::{
-    agent::CheckResponse, agent_ttrpc::AgentClient, cmdline, ready_marker, stdio,
-    DEFAULT_AGENT_PORT,
-};
+use firedoor_protocol::{agent::CheckResponse, cmdline, ready_marker, stdio, DEFAULT_AGENT_PORT};
 use log::debug;
 
 pub(crate) use self::slot::{SandboxOwner, SandboxSlot};
@@ -130,8 +124,7 @@ impl Sandbox {
     /// running if this fails.
     pub fn boot(backend: &dyn Backend, spec: &VmSpec) -> anyhow::Result<Sandbox> {
         let (vm, stream) = MicroVm::start(backend, &with_agent(spec))?;
-        let client = ttrpc::Client::new(stream.into_raw_fd())
-            .map_err(|e| anyhow::anyhow!("creating the agent client: {e}"))?;
+        let agent = GuestAgent::connect(stream).context("creating the agent client")?;
         let vsock = vm.vsock();
         let stdio_port = stdio::port(AGENT_PORT);
         let connect_stdio = Box::new(move || {
@@ -139,11 +132,7 @@ impl Sandbox {
                 .connect(stdio_port, STREAM_TIMEOUT)
                 .with_context(|| format!("connecting to the agent's stdio port {stdio_port}"))
         });
-        Ok(Sandbox::from_parts(
-            Box::new(vm),
-            GuestAgent::new(AgentClient::new(client)),
-            connect_stdio,
-        ))
+        Ok(Sandbox::from_parts(Box::new(vm), agent, connect_stdio))
     }
 
     /// A sandbox from a running VM and a connected agent.

@@ -4,7 +4,10 @@
 use std::{
     collections::HashMap,
     fs,
-    os::{fd::OwnedFd, unix::process::ExitStatusExt},
+    os::{
+        fd::OwnedFd,
+        unix::{net::UnixStream, process::ExitStatusExt},
+    },
     process::ExitStatus,
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -30,7 +33,7 @@ use firedoor_protocol::{
         GetOOMEventRequest, OOMEvent, ProcessRequest, RemoveContainerRequest, ShutdownRequest,
         SignalProcessRequest, StatsContainerResponse, UpdateContainerRequest, WaitProcessResponse,
     },
-    agent_ttrpc::{create_agent, Agent, AgentClient},
+    agent_ttrpc::{create_agent, Agent},
 };
 use ttrpc::TtrpcContext;
 
@@ -350,7 +353,8 @@ pub(crate) struct Harness {
 impl Harness {
     pub(crate) fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let addr = format!("unix://{}", dir.path().join("agent.sock").display());
+        let socket = dir.path().join("agent.sock");
+        let addr = format!("unix://{}", socket.display());
         let agent = Arc::new(FakeAgent::default());
         let service: Arc<dyn Agent + Send + Sync> = agent.clone();
         let mut server = ttrpc::Server::new()
@@ -360,7 +364,7 @@ impl Harness {
             .set_thread_count_max(32)
             .register_service(create_agent(service));
         server.start().unwrap();
-        let client = AgentClient::new(ttrpc::Client::connect(&addr).unwrap());
+        let client = GuestAgent::connect(UnixStream::connect(&socket).unwrap()).unwrap();
 
         let (exit, writer) = nix::unistd::pipe().unwrap();
         let lifeline = Lifeline(Arc::new(Mutex::new(Some(writer))));
@@ -372,7 +376,7 @@ impl Harness {
         };
         let sandbox = Sandbox::from_parts(
             Box::new(vm),
-            GuestAgent::new(client),
+            client,
             Box::new(|| anyhow::bail!("no stdio in these tests")),
         );
 
